@@ -1,0 +1,91 @@
+"""Evaluates a trained run's checkpoint on a split without retraining.
+
+Restores the best checkpoint of a workdir (else the latest), evaluates
+`config.dataset.eval_split` exactly (every example once), and writes
+`DIR/eval_<split>.json` (accuracy, loss, per-class accuracy, confusion matrix
+with class names) and `DIR/eval_<split>_mistakes.npz` (misclassified images for
+the report).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from cifar_jax import checkpoint
+from cifar_jax import input_pipeline
+from cifar_jax import metrics as metrics_lib
+from cifar_jax import optim
+from cifar_jax import parallel as parallel_lib
+from cifar_jax import train
+
+MAX_MISTAKES_SAVED = 64
+
+
+def safe_split_name(split: str) -> str:
+  """'train[45000:]' -> 'train_45000_': usable in a file name."""
+  return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]", "_", split)).strip("_") or "split"
+
+
+def eval_file(workdir: str | Path, split: str) -> Path:
+  return Path(workdir) / f"eval_{safe_split_name(split)}.json"
+
+
+def summarize(sums: dict[str, np.ndarray], class_names: tuple[str, ...]) -> dict[str, Any]:
+  """Accuracy, loss, per-class accuracy and the confusion matrix from sums."""
+  confusion = np.asarray(sums["confusion"]).round().astype(np.int64)
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  return {**metrics_lib.means(sums), "num_examples": int(round(float(sums["count"]))),
+          "class_names": list(class_names),
+          "per_class_accuracy": {n: float(a) for n, a in zip(class_names, per_class)},
+          "confusion_matrix": confusion.tolist()}
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+             split: input_pipeline.ArraySplit | None = None,
+             which: str = "best_or_latest") -> dict[str, Any]:
+  """Restores the run in `workdir` and evaluates it; returns what it wrote."""
+  workdir = Path(workdir)
+  train.setup_compilation_cache(config)
+  par = parallel_lib.DataParallel(config.parallel)
+  model = train.create_model(config, par.axis_name)
+  # The optimizer must match the run's for its state to restore; the schedule
+  # length does not matter here.
+  tx, _ = optim.create_optimizer(config, 1)
+  template = train.create_train_state(config, model, tx)
+  ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True,
+                                 meta=train.model_meta(config, template.params))
+  restored = ckpt.restore(template, which)
+  ckpt.close()
+  if restored is None:
+    raise checkpoint.NoCheckpointError(
+        f"No checkpoint in {workdir.absolute()}: train first with "
+        f"`python -m cifar_jax.main --config=... --workdir={workdir}`.")
+  state, meta = restored
+  if split is None:
+    split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
+                                      config.dataset.data_dir)
+  state = par.replicate(state)
+  evaluator = train.Evaluator(config, par, split, state, use_ema=bool(config.ema_decay))
+  sums, predictions = evaluator.run(state, with_predictions=True)
+  result = {"split": config.dataset.eval_split, "step": int(meta.get("step", -1)),
+            "model": config.model.name, "param_count": meta.get("param_count"),
+            "ema": bool(config.ema_decay), "tta": config.tta,
+            **summarize(sums, split.class_names)}
+  path = eval_file(workdir, config.dataset.eval_split)
+  path.write_text(json.dumps(result, indent=2) + "\n")
+  wrong = np.flatnonzero(predictions != split.labels)[:MAX_MISTAKES_SAVED]
+  np.savez_compressed(path.with_name(path.stem + "_mistakes.npz"),
+                      images=split.images[wrong], labels=split.labels[wrong],
+                      predictions=predictions[wrong], indices=wrong,
+                      class_names=np.asarray(split.class_names))
+  print(f"{config.model.name} step {result['step']}: accuracy {result['accuracy']:.4f} "
+        f"loss {result['loss']:.4f} on {result['num_examples']} examples of "
+        f"{result['split']} -> {path}", file=sys.stderr)
+  print(f"accuracy: {result['accuracy']:.4f}")
+  return result

@@ -1,0 +1,103 @@
+"""CIFAR-10 from tensorflow-datasets into memory, and the index plans that batch it.
+
+CIFAR fits in memory, so a split is read once into uint8 arrays and every
+later step works on indices: a seeded permutation per epoch for training, and
+for evaluation consecutive batches whose last one is padded and masked so that
+every example counts exactly once. Pixels stay uint8 until the train step,
+where augmentation and normalisation run on the device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+# Per-channel statistics of the CIFAR-10 training set (pixel values / 255).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                   "frog", "horse", "ship", "truck")
+
+
+class DatasetNotFoundError(RuntimeError):
+  """The dataset or split is not available locally and cannot be downloaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySplit:
+  """One split held in memory: images (N, H, W, C) uint8, labels (N,) int32."""
+  name: str
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def resolve_data_dir(data_dir: str | None) -> str | None:
+  """`dataset.data_dir`, else $TFDS_DATA_DIR, else None (tfds' own default)."""
+  return data_dir or os.environ.get("TFDS_DATA_DIR") or None
+
+
+def load_split(dataset_name: str, split: str, data_dir: str | None = None,
+               download: bool = True) -> ArraySplit:
+  """Reads a whole tfds split (slices like 'train[45000:]' allowed) into memory."""
+  import tensorflow as tf  # Imported late: TensorFlow is slow to start.
+  import tensorflow_datasets as tfds
+
+  tf.config.set_visible_devices([], "GPU")  # TensorFlow must not grab GPU memory.
+  data_dir = resolve_data_dir(data_dir)
+  where = data_dir or "the tfds default directory (~/tensorflow_datasets)"
+  try:
+    builder = tfds.builder(dataset_name, data_dir=data_dir)
+    ds = tfds.load(dataset_name, split=split, data_dir=data_dir, as_supervised=True,
+                   download=download)
+  except (AssertionError, tfds.core.registered.DatasetNotFoundError, OSError) as e:
+    raise DatasetNotFoundError(
+        f"Cannot load dataset {dataset_name!r} from {where} and cannot download it "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Point "
+        f"--config.dataset.data_dir (or the TFDS_DATA_DIR environment variable) at a "
+        f"folder holding a prepared '{dataset_name}', or prepare one with "
+        f"`tfds build {dataset_name} --data_dir=DIR` on a machine with internet.") from None
+  except ValueError as e:
+    if "split" in str(e).lower():
+      raise DatasetNotFoundError(
+          f"Split {split!r} is not available for {dataset_name!r} in {where}: {e} "
+          f"Set --config.dataset.train_split / --config.dataset.eval_split to an "
+          f"available split, e.g. 'train[:45000]' and 'train[45000:]'.") from None
+    raise
+  images, labels = [], []
+  for x, y in tfds.as_numpy(ds.batch(10_000)):
+    images.append(x)
+    labels.append(y)
+  label_feature = builder.info.features["label"]
+  class_names = tuple(getattr(label_feature, "names", None) or
+                      [str(i) for i in range(label_feature.num_classes)])
+  return ArraySplit(split, np.concatenate(images).astype(np.uint8),
+                    np.concatenate(labels).astype(np.int32), class_names)
+
+
+def train_index_plan(num_examples: int, batch_size: int, seed: int,
+                     epoch: int) -> np.ndarray:
+  """Indices (steps_per_epoch, batch_size) of one epoch: a fresh permutation
+  seeded by (seed, epoch), last partial batch dropped. Being a pure function of
+  its arguments is what makes resumed training reproduce an uninterrupted run."""
+  steps = num_examples // batch_size
+  if steps == 0:
+    raise ValueError(f"batch_size {batch_size} is larger than the training split "
+                     f"({num_examples} examples); lower --config.batch_size.")
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def eval_index_plan(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Consecutive indices (num_batches, batch_size) and a 0/1 mask of the same
+  shape: the last batch is padded with index 0 and mask 0, never dropped."""
+  num_batches = -(-num_examples // batch_size)
+  flat = np.arange(num_batches * batch_size)
+  mask = (flat < num_examples).astype(np.float32)
+  indices = np.where(flat < num_examples, flat, 0).astype(np.int32)
+  return indices.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)

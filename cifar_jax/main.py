@@ -1,0 +1,48 @@
+"""Command line: train a config into a workdir, or evaluate its checkpoint.
+
+    python -m cifar_jax.main --config=configs/resnet18.py --workdir=runs/r18
+    python -m cifar_jax.main --config=configs/resnet18.py --workdir=runs/r18 --mode=eval
+
+Config values are overridden with `--config.<key>=<value>`; the config is
+locked, so a misspelt key is an error rather than a silently ignored flag.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train: train (resuming from the workdir's latest checkpoint); "
+                  "eval: evaluate the workdir's best (else latest) checkpoint.")
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  # Imported here so that --help stays fast and flag errors come first.
+  from cifar_jax import checkpoint, evaluate, input_pipeline, metrics, train
+
+  known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
+                  checkpoint.NoCheckpointError, metrics.NonFiniteLossError, ValueError)
+  try:
+    if FLAGS.mode == "train":
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+  except known_errors as e:
+    sys.exit(f"cifar_jax: error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,60 @@
+"""Model registry: maps a model name to the constructor of its Flax module.
+
+Every registered model follows one contract::
+
+    model = get_model(name, num_classes=10, dtype=jnp.float32, **options)
+    logits = model.apply(variables, images, train=False)   # (B, num_classes)
+
+``images`` are float NHWC batches, already normalised. Variants of a family
+are registered as ``functools.partial`` of one module, never as copies.
+``bn_axis_name`` is passed by the pmap path so that BatchNorm statistics are
+averaged over devices; models without BatchNorm accept and ignore it.
+
+The families register themselves when their module is imported below.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+import flax.linen as nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str, constructor: Callable[..., nn.Module]) -> None:
+  """Adds ``constructor`` under ``name``; a name may be registered once."""
+  if name in _REGISTRY:
+    raise ValueError(f"model {name!r} is already registered")
+  _REGISTRY[name] = constructor
+
+
+def model_names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+  """Builds the registered model ``name``; unknown names fail with a hint."""
+  if name not in _REGISTRY:
+    close = difflib.get_close_matches(name, _REGISTRY, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown model.name {name!r}.{hint} Registered models: "
+        f"{', '.join(model_names())}. List them with `python -m cifar_jax.models`.")
+  try:
+    return _REGISTRY[name](**kwargs)
+  except TypeError as e:
+    raise ValueError(f"Model {name!r} does not accept these options "
+                     f"{sorted(kwargs)}: {e}") from e
+
+
+# Importing a family module registers its models.
+from cifar_jax.models import cnn  # noqa: E402,F401
+from cifar_jax.models import lenet  # noqa: E402,F401
+from cifar_jax.models import resnet  # noqa: E402,F401
+from cifar_jax.models import resnet_budget  # noqa: E402,F401
+from cifar_jax.models import cspnet  # noqa: E402,F401
+from cifar_jax.models import efficientnet  # noqa: E402,F401
+from cifar_jax.models import mobilenet  # noqa: E402,F401
+from cifar_jax.models import swin  # noqa: E402,F401
+from cifar_jax.models import vit  # noqa: E402,F401

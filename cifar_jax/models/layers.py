@@ -1,0 +1,89 @@
+"""Building blocks shared by several model families: norm, activations,
+conv-norm-act units and stochastic depth."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+    "relu": nn.relu,
+    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.01),
+    "relu6": nn.relu6,
+    "gelu": nn.gelu,
+    "swish": nn.swish,
+    "silu": nn.silu,
+    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+}
+
+
+def activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def batch_norm(train: bool, dtype: Any, axis_name: str | None, *,
+               use_affine: bool = True, zero_init: bool = False,
+               name: str | None = None) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+
+  Statistics are reduced in float32 even when ``dtype`` is bfloat16, and
+  ``axis_name`` averages them across pmap devices so that multi-device training
+  normalises with the statistics of the global batch.
+  """
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+      axis_name=axis_name, use_bias=use_affine, use_scale=use_affine,
+      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+      name=name)
+
+
+class ConvNormAct(nn.Module):
+  """Conv (symmetric 'same' padding, PyTorch style) -> optional norm -> optional act.
+
+  ``norm`` is a zero-argument factory such as
+  ``functools.partial(batch_norm, train, dtype, axis_name)``; without it the
+  convolution gets a bias. ``groups == features`` makes it depthwise.
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  groups: int = 1
+  norm: Callable[[], nn.Module] | None = None
+  act: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    if self.kernel_size % 2 != 1:
+      raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
+    pad = self.kernel_size // 2
+    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), self.strides,
+                padding=pad, feature_group_count=self.groups,
+                use_bias=self.norm is None, dtype=x.dtype)(x)
+    if self.norm is not None:
+      x = self.norm()(x)
+    if self.act is not None:
+      x = self.act(x)
+    return x
+
+
+class DropPath(nn.Module):
+  """Stochastic depth (Huang et al., 2016), a.k.a. drop_connect in EfficientNet.
+
+  Zeroes the residual branch ``x`` for a random subset of the samples and
+  rescales the kept ones by ``1 / (1 - rate)``. Uses the 'dropout' rng; the
+  identity when ``deterministic`` or ``rate == 0``.
+  """
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))

@@ -1,0 +1,99 @@
+"""Optimizers, learning-rate schedules and weight-decay masks (optax).
+
+Durations in configs are epochs; `steps_per_epoch` and `epochs_to_steps` are
+the one place that turns them into optimizer steps.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Training drops the last partial batch of each epoch's permutation."""
+  return max(num_examples // batch_size, 1)
+
+
+def epochs_to_steps(epochs: float, steps_in_epoch: int) -> int:
+  return int(round(epochs * steps_in_epoch))
+
+
+def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """`optimizer.learning_rate`, linearly scaled with the batch size when
+  `optimizer.lr_base_batch_size` is set (Goyal et al., 2017)."""
+  lr = config.optimizer.learning_rate
+  if config.optimizer.lr_base_batch_size:
+    lr *= config.batch_size / config.optimizer.lr_base_batch_size
+  return lr
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_in_epoch: int) -> optax.Schedule:
+  s = config.schedule
+  peak = peak_learning_rate(config)
+  total = max(epochs_to_steps(config.num_epochs, steps_in_epoch), 1)
+  warmup = min(epochs_to_steps(s.warmup_epochs, steps_in_epoch), total - 1)
+  if s.name == "onecycle":
+    return optax.cosine_onecycle_schedule(
+        total, peak, pct_start=s.pct_start, div_factor=s.div_factor,
+        final_div_factor=s.final_div_factor)
+  if s.name == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=warmup, decay_steps=total,
+        end_value=s.end_lr_factor * peak)
+  if s.name == "constant":
+    main = optax.constant_schedule(peak)
+  elif s.name == "piecewise":
+    boundaries = {epochs_to_steps(e, steps_in_epoch) - warmup: s.decay_factor
+                  for e in s.boundaries_epochs}
+    main = optax.piecewise_constant_schedule(peak, boundaries)
+  else:
+    raise ValueError(f"Unknown schedule.name {s.name!r}; choose constant, cosine, "
+                     "onecycle or piecewise.")
+  if warmup == 0:
+    return main
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+
+
+def decay_mask(params: Any, decay_norm_and_bias: bool) -> Any:
+  """True for parameters that weight decay applies to: kernels and
+  embeddings; BatchNorm/LayerNorm scales and all biases (1-D) are left out
+  unless `decay_norm_and_bias`."""
+  return jax.tree.map(lambda p: decay_norm_and_bias or p.ndim > 1, params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns the optimizer and its learning-rate schedule.
+
+  SGD and Adam use coupled L2 decay (added to the gradient, as PyTorch's
+  `weight_decay` does); AdamW, LARS and LAMB decouple it.
+  """
+  o = config.optimizer
+  lr = create_learning_rate_fn(config, steps_in_epoch)
+  mask = lambda params: decay_mask(params, o.decay_norm_and_bias)  # noqa: E731
+  if o.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
+                     optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+  elif o.name == "adam":
+    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
+                     optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps))
+  elif o.name == "adamw":
+    tx = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                     mask=mask)
+  elif o.name == "lars":
+    tx = optax.lars(lr, weight_decay=o.weight_decay, weight_decay_mask=mask,
+                    trust_ratio_mask=mask, momentum=o.momentum, nesterov=o.nesterov)
+  elif o.name == "lamb":
+    tx = optax.lamb(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                    mask=mask)
+  else:
+    raise ValueError(f"Unknown optimizer.name {o.name!r}; choose sgd, adam, adamw, "
+                     "lars or lamb.")
+  if o.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+  return tx, lr

@@ -1,0 +1,406 @@
+"""Train state, the pure train and eval steps, and the epoch loop around them.
+
+`train_step(state, batch, rng) -> (state, metrics)` and
+`eval_step(state, batch) -> (metrics, predictions)` are module-level pure
+functions; `parallel.DataParallel` compiles them once for jit or pmap. Batches
+carry uint8 images: augmentation and normalisation happen inside the step, on
+the device. Metrics are sums, fetched to the host only when logged.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from cifar_jax import augment
+from cifar_jax import checkpoint
+from cifar_jax import input_pipeline
+from cifar_jax import metrics as metrics_lib
+from cifar_jax import models
+from cifar_jax import optim
+from cifar_jax import parallel as parallel_lib
+from cifar_jax import writers
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and step (from flax) plus BatchNorm statistics,
+  the base PRNG key of the run and the EMA weights ({} when EMA is off)."""
+  batch_stats: Any = None
+  rng: jax.Array = None
+  ema: Any = None
+
+
+# ---- construction ------------------------------------------------------------
+def compute_dtype(config: ml_collections.ConfigDict):
+  return jnp.bfloat16 if config.half_precision else jnp.float32
+
+
+def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = None
+                 ) -> nn.Module:
+  """The model named by `config.model.name`; other `model.*` keys are options."""
+  options = {k: v for k, v in config.model.items() if k != "name"}
+  options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+  return models.get_model(config.model.name, num_classes=config.dataset.num_classes,
+                          dtype=compute_dtype(config), bn_axis_name=bn_axis_name,
+                          **options)
+
+
+def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
+  dummy = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
+  return jax.jit(functools.partial(model.init, train=False))(
+      {"params": rng, "dropout": rng}, dummy)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
+                       tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state; everything random derives from `config.seed`."""
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, run_rng = jax.random.split(rng)
+  variables = init_variables(model, init_rng)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  ema = {"params": params, "batch_stats": batch_stats} if config.ema_decay else {}
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=batch_stats, rng=run_rng, ema=ema)
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+# ---- the pure steps --------------------------------------------------------------
+def normalize(images: jax.Array) -> jax.Array:
+  """[0, 1] images -> per-channel standardised with the CIFAR-10 statistics."""
+  mean = jnp.asarray(input_pipeline.CIFAR10_MEAN, images.dtype)
+  std = jnp.asarray(input_pipeline.CIFAR10_STD, images.dtype)
+  return (images - mean) / std
+
+
+def _to_unit_float(images: jax.Array) -> jax.Array:
+  return images.astype(jnp.float32) / 255.0
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               augment_fn: augment.Augment, num_classes: int,
+               label_smoothing: float = 0.0, ema_decay: float = 0.0,
+               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch {'image': uint8 (B,H,W,C), 'label': (B,)}.
+
+  Under pmap (`axis_name` set) gradients and metrics are reduced over devices;
+  each device folds its index into the shared step key for its own random
+  augmentation and dropout.
+  """
+  if axis_name is not None:  # each device augments and drops out differently
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  aug_rng, dropout_rng = jax.random.split(rng)
+  labels = batch["label"]
+  images, targets = augment_fn(aug_rng, _to_unit_float(batch["image"]),
+                               jax.nn.one_hot(labels, num_classes))
+  images = normalize(images)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    return losses.mean(), (losses, logits, updates.get("batch_stats", {}))
+
+  grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay:
+    state = state.replace(ema=optax.incremental_update(
+        {"params": state.params, "batch_stats": state.batch_stats}, state.ema,
+        step_size=1.0 - ema_decay))
+
+  loss_sum = losses.sum()
+  step_metrics = {
+      "loss_sum": loss_sum,
+      "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+      "count": jnp.asarray(labels.shape[0], jnp.int32),
+      # Remembers the first step whose loss was NaN/Inf (min-reduced).
+      "bad_step_min": jnp.where(jnp.isfinite(loss_sum), metrics_lib.NO_BAD_STEP,
+                                state.step - 1).astype(jnp.int32),
+  }
+  if axis_name is not None:
+    step_metrics = {k: (jax.lax.pmin(v, axis_name) if k.endswith("_min")
+                        else jax.lax.psum(v, axis_name)) for k, v in step_metrics.items()}
+  return state, step_metrics
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, num_classes: int,
+              tta: str = "none", use_ema: bool = False, axis_name: str | None = None
+              ) -> tuple[dict[str, jax.Array], jax.Array]:
+  """Sums of loss, correct and a confusion matrix over the unmasked examples of
+  {'image', 'label', 'mask'}, and the predicted classes. With test-time
+  augmentation the class probabilities of all views are averaged."""
+  weights = state.ema if use_ema else {"params": state.params,
+                                       "batch_stats": state.batch_stats}
+  views = augment.tta_views(_to_unit_float(batch["image"]), tta)
+  log_probs = [jax.nn.log_softmax(state.apply_fn(weights, normalize(v), train=False)
+                                  .astype(jnp.float32)) for v in views]
+  log_probs = jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(len(views))
+  labels, mask = batch["label"], batch["mask"]
+  predictions = jnp.argmax(log_probs, -1)
+  losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+  confusion = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, num_classes) * mask[:, None],
+                         jax.nn.one_hot(predictions, num_classes))
+  step_metrics = {"loss_sum": jnp.sum(losses * mask),
+                  "correct": jnp.sum((predictions == labels) * mask),
+                  "count": jnp.sum(mask),
+                  "confusion": confusion}
+  if axis_name is not None:
+    step_metrics = jax.lax.psum(step_metrics, axis_name)
+  return step_metrics, predictions
+
+
+# ---- evaluation over a whole split ---------------------------------------------
+class Evaluator:
+  """Evaluates a split exactly: every example once, the last batch padded."""
+
+  def __init__(self, config: ml_collections.ConfigDict, par: parallel_lib.DataParallel,
+               split: input_pipeline.ArraySplit, state: Any, use_ema: bool = False):
+    par.check_batch_size(config.eval_batch_size, "eval_batch_size")
+    self.par = par
+    self.split = split
+    self.batch_size = min(config.eval_batch_size,
+                          -(-len(split) // par.num_devices) * par.num_devices)
+    self.indices, self.mask = input_pipeline.eval_index_plan(len(split), self.batch_size)
+    self.data = par.put_dataset({"image": split.images, "label": split.labels})
+    self._gather = par.make_gather()
+    step = functools.partial(eval_step, num_classes=config.dataset.num_classes,
+                             tta=config.tta, use_ema=use_ema, axis_name=par.axis_name)
+    self._step, self.compile_s = par.compile_eval(step, state, self._batch(0))
+
+  def _batch(self, i: int) -> dict[str, jax.Array]:
+    batch = self._gather(self.data, self.indices[i])
+    batch["mask"] = self.par.put_batch({"mask": self.mask[i]})["mask"]
+    return batch
+
+  def run(self, state: Any, with_predictions: bool = False
+          ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Returns the summed metrics (and the predictions of every example)."""
+    acc = metrics_lib.Accumulator()
+    predictions = []
+    for i in range(len(self.indices)):
+      step_metrics, batch_predictions = self._step(state, self._batch(i))
+      acc.add(step_metrics)
+      if with_predictions:
+        predictions.append(batch_predictions)
+    sums = acc.fetch()
+    if not with_predictions:
+      return sums, None
+    flat = np.concatenate([np.asarray(p) for p in predictions])
+    return sums, flat[self.mask.reshape(-1) > 0]
+
+
+# ---- the loop --------------------------------------------------------------------
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, with the key to fix, on values the loop cannot use."""
+  if config.parallel not in ("jit", "pmap"):
+    raise ValueError(f"config.parallel must be 'jit' or 'pmap', not {config.parallel!r}.")
+  if config.num_epochs <= 0 or config.batch_size <= 0:
+    raise ValueError("config.num_epochs and config.batch_size must be positive.")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f"config.ema_decay must be in [0, 1), not {config.ema_decay}.")
+  augment.parse(config.augment)  # raises on unknown ops
+  if config.model.name not in models.model_names():
+    models.get_model(config.model.name)  # raises with the list of names
+
+
+def setup_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  """Turns on JAX's persistent compilation cache unless disabled with ""."""
+  if config.compilation_cache_dir:
+    path = Path(config.compilation_cache_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+class _StopRequest:
+  """First Ctrl-C asks the loop to stop after the current step (the state is
+  then checkpointed); a second one interrupts at once."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    except ValueError:  # Not the main thread: no handler, nothing to restore.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print("\nInterrupted: saving a checkpoint after this step "
+          "(press Ctrl-C again to abort without saving).", file=sys.stderr)
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    return False
+
+
+def _progress(total: int, initial: int, desc: str):
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
+              dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+def model_meta(config: ml_collections.ConfigDict, params: Any) -> dict[str, Any]:
+  """Identifies the model a checkpoint belongs to."""
+  return {"model": config.model.name, "model_options": config.model.to_dict(),
+          "param_count": count_params(params)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       *, train_split: input_pipeline.ArraySplit | None = None,
+                       eval_split: input_pipeline.ArraySplit | None = None,
+                       stop_after_steps: int | None = None) -> dict[str, Any]:
+  """Trains `config` into `workdir`, resuming from its latest checkpoint.
+
+  Writes config.json, metrics.jsonl (one record per epoch), TensorBoard
+  events and checkpoints. Returns the last epoch's record. `train_split` /
+  `eval_split` bypass loading (for tests and the search); `stop_after_steps`
+  stops like Ctrl-C after that many total steps (for tests of resuming).
+  """
+  validate_config(config)
+  setup_compilation_cache(config)
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+  if train_split is None:
+    train_split = input_pipeline.load_split(config.dataset.name, config.dataset.train_split,
+                                            config.dataset.data_dir)
+  if eval_split is None and config.dataset.eval_split:
+    eval_split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
+                                           config.dataset.data_dir)
+  par = parallel_lib.DataParallel(config.parallel)
+  par.check_batch_size(config.batch_size)
+  steps_in_epoch = optim.steps_per_epoch(len(train_split), config.batch_size)
+  total_steps = steps_in_epoch * config.num_epochs
+
+  model = create_model(config, par.axis_name)
+  tx, learning_rate_fn = optim.create_optimizer(config, steps_in_epoch)
+  state = create_train_state(config, model, tx)
+  meta = model_meta(config, state.params)
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                 keep_best=config.checkpoint.keep_best, meta=meta)
+  restored = ckpt.restore(state, "latest")
+  if restored is not None:
+    state = restored[0]
+    logging.info("Resuming from step %d in %s", int(state.step), workdir)
+  step = int(state.step)
+  writers.truncate_metrics(workdir, step)
+  base_rng = np.asarray(state.rng)
+  state = par.replicate(state)
+
+  train_data = par.put_dataset({"image": train_split.images, "label": train_split.labels})
+  gather = par.make_gather()
+  step_fn = functools.partial(
+      train_step, augment_fn=augment.build(config.augment),
+      num_classes=config.dataset.num_classes, label_smoothing=config.label_smoothing,
+      ema_decay=config.ema_decay, axis_name=par.axis_name)
+  example_rng = jax.random.fold_in(base_rng, 0)
+  p_train_step, compile_s = par.compile_train(
+      step_fn, state, gather(train_data, np.zeros(config.batch_size, np.int32)), example_rng)
+  evaluators = []
+  if eval_split is not None:
+    evaluators.append(("eval", Evaluator(config, par, eval_split, state)))
+    if config.ema_decay:
+      evaluators.append(("ema_eval", Evaluator(config, par, eval_split, state, use_ema=True)))
+  compile_s += sum(e.compile_s for _, e in evaluators)
+  print(f"{config.model.name}: {meta['param_count']:,} parameters, {par.num_devices} "
+        f"device(s) ({par.mode}), {steps_in_epoch} steps/epoch, compiled in {compile_s:.1f}s",
+        file=sys.stderr)
+
+  writer = writers.MetricWriter(workdir, config)
+  record: dict[str, Any] = {}
+  stop = _StopRequest()
+  try:
+    with stop:
+      start_epoch = step // steps_in_epoch
+      for epoch in range(start_epoch, config.num_epochs):
+        plan = input_pipeline.train_index_plan(len(train_split), config.batch_size,
+                                               config.seed, epoch)
+        acc = metrics_lib.Accumulator()
+        start = time.perf_counter()
+        first_step = step
+        with _progress(steps_in_epoch, step - epoch * steps_in_epoch,
+                       f"epoch {epoch + 1}/{config.num_epochs}") as bar:
+          for indices in plan[step - epoch * steps_in_epoch:]:
+            state, step_metrics = p_train_step(
+                state, gather(train_data, indices), jax.random.fold_in(base_rng, step))
+            acc.add(step_metrics)
+            step += 1
+            bar.update()
+            if step % config.log_every_steps == 0:
+              sums = acc.fetch()
+              metrics_lib.check_finite(sums, epoch + 1)
+              seen = (step - first_step) * config.batch_size
+              bar.set_postfix(loss=f"{metrics_lib.means(sums)['loss']:.3f}",
+                              img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            if stop.requested or step == stop_after_steps:
+              break
+        sums = acc.fetch()
+        metrics_lib.check_finite(sums, epoch + 1)
+        if stop.requested or step == stop_after_steps:
+          ckpt.save(step, par.unreplicate(state))
+          print(f"Stopped at step {step}; checkpoint saved in {workdir}. Run the same "
+                "command again to resume.", file=sys.stderr)
+          break
+        epoch_time = time.perf_counter() - start
+        train_means = metrics_lib.means(sums)
+        record = {"epoch": epoch + 1, "step": step,
+                  "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"],
+                  "learning_rate": float(learning_rate_fn(step - 1)),
+                  "epoch_time_s": epoch_time,
+                  "train_img_per_s": (step - first_step) * config.batch_size / epoch_time}
+        if epoch == start_epoch:
+          record["compile_s"] = compile_s
+        last = epoch + 1 == config.num_epochs
+        if evaluators and ((epoch + 1) % config.eval_every_epochs == 0 or last):
+          for prefix, evaluator in evaluators:
+            eval_means = metrics_lib.means(evaluator.run(state)[0])
+            record[f"{prefix}_loss"] = eval_means["loss"]
+            record[f"{prefix}_accuracy"] = eval_means["accuracy"]
+        writer.write_epoch(record)
+        print(_format_record(record), file=sys.stderr)
+        if (epoch + 1) % config.checkpoint.every_epochs == 0 or last:
+          ckpt.save(step, par.unreplicate(state), record)
+  finally:
+    writer.close()
+    ckpt.wait()
+    ckpt.close()
+  return record
+
+
+def _format_record(record: dict[str, Any]) -> str:
+  parts = [f"epoch {record['epoch']}", f"step {record['step']}"]
+  for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
+              "ema_eval_accuracy", "learning_rate", "train_img_per_s"):
+    if key in record:
+      parts.append(f"{key} {record[key]:.4g}")
+  return " | ".join(parts)
+

@@ -1,0 +1,1 @@
+"""Per-model ml_collections configs; each file's get_config() starts from base."""

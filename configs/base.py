@@ -1,0 +1,78 @@
+"""Shared defaults for every model config; model files override only what differs.
+
+Durations are in epochs; `cifar_jax.optim.steps_per_epoch` turns them into
+steps in one place. Keys added here are the whole vocabulary: a config is
+locked before command-line overrides, so a misspelt `--config.<key>` fails.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Model: `name` picks the registry entry; every other key is passed to the
+  # model's constructor (e.g. dropout_rate, activation, width).
+  config.model = ml_collections.ConfigDict({"name": "resnet18"})
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "cifar10"
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS_DATA_DIR or tfds default
+  config.dataset.train_split = "train[:45000]"
+  config.dataset.eval_split = "train[45000:]"
+  config.dataset.num_classes = 10
+
+  # Training-time augmentation spec (see cifar_jax/augment.py) and eval TTA.
+  config.augment = "crop(pad=4)|flip"
+  config.tta = "none"  # none | flip | flip_translate
+
+  config.num_epochs = 30
+  config.batch_size = 128  # global, split across devices
+  config.eval_batch_size = 500
+  config.seed = 0
+  config.half_precision = False  # bf16 compute, fp32 params and BN statistics
+  config.parallel = "jit"  # "jit" (sharded over all devices) or "pmap"
+  config.label_smoothing = 0.0
+  config.log_every_steps = 50
+  config.eval_every_epochs = 1
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "sgd"  # sgd | adam | adamw | lars | lamb
+  config.optimizer.learning_rate = 0.1  # peak learning rate
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.decay_norm_and_bias = False  # False: no decay on BN/bias/1-D params
+  config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
+  config.optimizer.lr_base_batch_size = 0  # >0: lr *= batch_size / this (linear scaling)
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = "cosine"  # constant | cosine | onecycle | piecewise
+  config.schedule.warmup_epochs = 1.0
+  config.schedule.end_lr_factor = 0.0  # cosine: final lr = factor * peak
+  config.schedule.boundaries_epochs = (100.0, 150.0)  # piecewise
+  config.schedule.decay_factor = 0.1  # piecewise: lr *= factor at each boundary
+  config.schedule.pct_start = 0.25  # onecycle: fraction of steps spent rising
+  config.schedule.div_factor = 25.0  # onecycle: start lr = peak / div_factor
+  config.schedule.final_div_factor = 1e4  # onecycle: end lr = start / this
+
+  # Exponential moving average of the weights (and BN statistics); 0 disables.
+  # When on, evaluation also reports ema_eval_* and checkpoints hold the EMA.
+  config.ema_decay = 0.0
+
+  # Persistent XLA compilation cache, so a second run of a config skips most
+  # of compilation. "" turns it off.
+  config.compilation_cache_dir = "~/.cache/cifar_jax/xla"
+
+  config.wandb = ml_collections.ConfigDict()
+  config.wandb.project = ml_collections.config_dict.placeholder(str)  # None: off
+  config.wandb.mode = "offline"  # offline | online
+
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_epochs = 1
+  config.checkpoint.max_to_keep = 2
+  config.checkpoint.keep_best = True
+
+  return config

@@ -1,0 +1,164 @@
+"""Tests of every registered model: shapes, determinism, training, bf16, counts.
+
+Behavioural tests use reduced-size variants of the same modules (SMALL) so the
+file stays fast on CPU; parameter counts are pinned for the full-size defaults
+via jax.eval_shape, which allocates nothing.
+"""
+import contextlib
+import functools
+import io
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cifar_jax import models
+from cifar_jax.models import __main__ as models_cli
+from cifar_jax.models import summary
+
+NAMES = models.model_names()
+
+# Exact trainable-parameter counts of the full-size default models.
+PARAM_COUNTS = {
+    "cspnet": 2_076_074,
+    "deep_cnn": 453_242,
+    "efficientnet_b0": 4_020_358,
+    "efficientnet_b1": 6_525_994,
+    "lenet5": 62_006,
+    "mobilenet_v2": 2_236_682,
+    "my_cnn": 1_336_170,
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "resnet_budget": 4_697_162,
+    "simple_cnn": 80_090,
+    "swin_small": 48_805_732,
+    "swin_tiny": 27_505_108,
+    "vit_small": 21_342_346,
+    "vit_tiny": 5_362_762,
+}
+
+# Reduced-size variants (module fields of the same code) for behavioural tests.
+_SMALL_EFFNET = dict(width_mult=0.25, depth_mult=0.25, head_features=64)
+_SMALL_SWIN = dict(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))
+SMALL = {
+    "cspnet": dict(stem_width=8, widths=(16, 32, 64), depths=(1, 1)),
+    "efficientnet_b0": _SMALL_EFFNET,
+    "efficientnet_b1": _SMALL_EFFNET,
+    "mobilenet_v2": dict(width_mult=0.25, last_features=64),
+    "my_cnn": dict(widths=(8, 8, 16, 16, 16, 16), hidden=32),
+    "resnet18": dict(width=8, stage_sizes=(1, 1, 1, 1)),
+    "resnet34": dict(width=8, stage_sizes=(1, 1, 1, 1)),
+    "resnet50": dict(width=8, stage_sizes=(1, 1, 1, 1)),
+    # Non-default kernels and a 2x2 pooled map exercise every budget field.
+    "resnet_budget": dict(stage_sizes=(1, 1, 1), widths=(8, 16, 32),
+                          kernel_sizes=(3, 5, 3), skip_kernel_sizes=(1, 3, 1),
+                          pool_size=4),
+    "swin_small": _SMALL_SWIN,
+    "swin_tiny": _SMALL_SWIN,
+    "vit_small": dict(embed_dim=32, depth=2, num_heads=2),
+    "vit_tiny": dict(embed_dim=32, depth=2, num_heads=2),
+}
+
+
+def small_model(name, **kw):
+  return models.get_model(name, **SMALL.get(name, {}), **kw)
+
+
+def images(n, seed=0):
+  return jax.random.normal(jax.random.key(seed), (n, 32, 32, 3), jnp.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def small_variables(name):
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  return jax.jit(lambda x: small_model(name).init(rngs, x, train=False))(images(2))
+
+
+def test_every_model_is_pinned():
+  assert sorted(PARAM_COUNTS) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_param_count(name):
+  variables = summary.abstract_variables(models.get_model(name))
+  assert summary.count_params(variables) == PARAM_COUNTS[name]
+  if name == "resnet_budget":
+    assert PARAM_COUNTS[name] < 5_000_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_train_and_eval(name):
+  model = small_model(name)
+  variables = small_variables(name)
+  x = images(2)
+  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                          rngs={"dropout": jax.random.key(2)})
+  assert logits.shape == (2, 10)
+  assert np.isfinite(np.asarray(logits)).all()
+  eval1 = model.apply(variables, x, train=False)
+  eval2 = model.apply(variables, x, train=False)
+  assert eval1.shape == (2, 10)
+  assert np.isfinite(np.asarray(eval1)).all()
+  np.testing.assert_array_equal(np.asarray(eval1), np.asarray(eval2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_few_adam_steps_lower_the_loss(name):
+  model = small_model(name)
+  variables = small_variables(name)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  x, labels = images(8, seed=3), jnp.arange(8) % 10
+  tx = optax.adam(1e-3)
+  dropout_key = jax.random.key(4)  # fixed so losses of successive steps compare
+
+  def loss_fn(params, batch_stats):
+    logits, new_state = model.apply(
+        {"params": params, "batch_stats": batch_stats}, x, train=True,
+        mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, new_state.get("batch_stats", {})
+
+  @jax.jit
+  def step(params, batch_stats, opt_state):
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch_stats)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
+
+  opt_state = tx.init(params)
+  losses = []
+  for _ in range(9):
+    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
+    losses.append(float(loss))
+  assert np.isfinite(losses).all(), losses
+  assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_forward(name):
+  model = small_model(name, dtype=jnp.bfloat16)
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images(2))
+  for leaf in jax.tree.leaves(variables["params"]):
+    assert leaf.dtype == jnp.float32
+  logits = model.apply(variables, images(2), train=False)
+  assert logits.shape == (2, 10)
+  assert logits.dtype in (jnp.bfloat16, jnp.float32)
+  assert np.isfinite(np.asarray(logits, np.float32)).all()
+
+
+def test_cli_json_lists_every_model():
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert models_cli.main(["--json"]) == 0
+  rows = json.loads(out.getvalue())
+  assert [r["name"] for r in rows] == NAMES
+  for r in rows:
+    assert r["params"] == PARAM_COUNTS[r["name"]]
+    assert r["flops"] > 0
+  table = models_cli.format_table(rows)
+  assert "11,173,962" in table and "resnet_budget" in table
