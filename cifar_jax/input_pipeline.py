@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import sys
+import urllib.parse
 
 import numpy as np
 
@@ -53,22 +56,26 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
   where = data_dir or "the tfds default directory (~/tensorflow_datasets)"
   try:
     builder = tfds.builder(dataset_name, data_dir=data_dir)
+    if not builder.is_prepared():
+      _check_download_possible(builder, download)
+      print(f"{dataset_name} is not in {where}: downloading and preparing it there.",
+            file=sys.stderr)
     ds = tfds.load(dataset_name, split=split, data_dir=data_dir, as_supervised=True,
                    download=download)
-  except (AssertionError, tfds.core.registered.DatasetNotFoundError, OSError) as e:
+  except ValueError as e:
+    if "split" not in str(e).lower():
+      raise
+    raise DatasetNotFoundError(
+        f"Split {split!r} is not available for {dataset_name!r} in {where}: {e} "
+        f"Set --config.dataset.train_split / --config.dataset.eval_split to an "
+        f"available split, e.g. 'train[:45000]' and 'train[45000:]'.") from None
+  except Exception as e:  # noqa: BLE001 - any failure to obtain data means one fix.
     raise DatasetNotFoundError(
         f"Cannot load dataset {dataset_name!r} from {where} and cannot download it "
         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Point "
         f"--config.dataset.data_dir (or the TFDS_DATA_DIR environment variable) at a "
         f"folder holding a prepared '{dataset_name}', or prepare one with "
         f"`tfds build {dataset_name} --data_dir=DIR` on a machine with internet.") from None
-  except ValueError as e:
-    if "split" in str(e).lower():
-      raise DatasetNotFoundError(
-          f"Split {split!r} is not available for {dataset_name!r} in {where}: {e} "
-          f"Set --config.dataset.train_split / --config.dataset.eval_split to an "
-          f"available split, e.g. 'train[:45000]' and 'train[45000:]'.") from None
-    raise
   images, labels = [], []
   for x, y in tfds.as_numpy(ds.batch(10_000)):
     images.append(x)
@@ -78,6 +85,18 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
                       [str(i) for i in range(label_feature.num_classes)])
   return ArraySplit(split, np.concatenate(images).astype(np.uint8),
                     np.concatenate(labels).astype(np.int32), class_names)
+
+
+def _check_download_possible(builder, download: bool) -> None:
+  """Fails at once rather than after minutes of tfds download retries."""
+  if not download:
+    raise FileNotFoundError("the dataset is not prepared there and downloading is off")
+  for url in builder.url_infos or {}:
+    host = urllib.parse.urlparse(url).hostname
+    try:
+      socket.getaddrinfo(host, 443)
+    except OSError as e:
+      raise ConnectionError(f"no network: cannot resolve {host} ({e})") from None
 
 
 def train_index_plan(num_examples: int, batch_size: int, seed: int,

@@ -27,6 +27,19 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file in config
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad `--config.<key>` override (unknown key, wrong
+  type) exits with one line naming it instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"cifar_jax: error: {e}\nPass --help for the flags.")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = " ".join(str(e).replace("\\n", "\n").replace("\\'", "").replace("'", "").split())
+    sys.exit(f"cifar_jax: error: bad --config override: {message}. The keys are "
+             "those of configs/base.py plus the model file's.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -45,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

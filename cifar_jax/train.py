@@ -73,7 +73,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   variables = init_variables(model, init_rng)
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
-  ema = {"params": params, "batch_stats": batch_stats} if config.ema_decay else {}
+  # A copy, not an alias: the state is donated, and a buffer donated twice crashes.
+  ema = (jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+         if config.ema_decay else {})
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                            batch_stats=batch_stats, rng=run_rng, ema=ema)
 
@@ -280,8 +282,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   """Trains `config` into `workdir`, resuming from its latest checkpoint.
 
   Writes config.json, metrics.jsonl (one record per epoch), TensorBoard
-  events and checkpoints. Returns the last epoch's record. `train_split` /
-  `eval_split` bypass loading (for tests and the search); `stop_after_steps`
+  events and checkpoints. Returns the last epoch's record. Passing
+  `train_split` (and optionally `eval_split`; None then skips evaluation)
+  bypasses loading, for tests and the search; `stop_after_steps`
   stops like Ctrl-C after that many total steps (for tests of resuming).
   """
   validate_config(config)
@@ -290,12 +293,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
 
-  if train_split is None:
+  if train_split is None:  # else the caller supplies both; no eval_split: no eval
     train_split = input_pipeline.load_split(config.dataset.name, config.dataset.train_split,
                                             config.dataset.data_dir)
-  if eval_split is None and config.dataset.eval_split:
-    eval_split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
-                                           config.dataset.data_dir)
+    if config.dataset.eval_split:
+      eval_split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
+                                             config.dataset.data_dir)
   par = parallel_lib.DataParallel(config.parallel)
   par.check_batch_size(config.batch_size)
   steps_in_epoch = optim.steps_per_epoch(len(train_split), config.batch_size)

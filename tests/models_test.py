@@ -42,13 +42,17 @@ PARAM_COUNTS = {
 }
 
 # Reduced-size variants (module fields of the same code) for behavioural tests.
-_SMALL_EFFNET = dict(width_mult=0.25, depth_mult=0.25, head_features=64)
-_SMALL_SWIN = dict(embed_dim=16, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 4))
+_SMALL_EFFNET = dict(width_mult=0.25, head_features=64, strides=(1, 2, 2),
+                     stages=((1, 3, 16, 1), (6, 5, 24, 1), (6, 3, 40, 1)))
+# 8x8 tokens: a shifted, masked 4x4-window stage, then a 4x4 stage where the
+# window covers the whole map (no shift).
+_SMALL_SWIN = dict(patch_size=4, embed_dim=16, depths=(2, 1), num_heads=(1, 2))
 SMALL = {
     "cspnet": dict(stem_width=8, widths=(16, 32, 64), depths=(1, 1)),
     "efficientnet_b0": _SMALL_EFFNET,
     "efficientnet_b1": _SMALL_EFFNET,
-    "mobilenet_v2": dict(width_mult=0.25, last_features=64),
+    "mobilenet_v2": dict(width_mult=0.25, last_features=64, strides=(1, 2, 2),
+                         stages=((1, 16, 1), (6, 24, 2), (6, 32, 1))),
     "my_cnn": dict(widths=(8, 8, 16, 16, 16, 16), hidden=32),
     "resnet18": dict(width=8, stage_sizes=(1, 1, 1, 1)),
     "resnet34": dict(width=8, stage_sizes=(1, 1, 1, 1)),
@@ -64,6 +68,15 @@ SMALL = {
 }
 
 
+# The tests run each executable a handful of times on tiny inputs, so LLVM's
+# optimisations cost far more than they save; opt level 0 compiles ~3x faster.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def compile_fast(fn, *args):
+  return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE)
+
+
 def small_model(name, **kw):
   return models.get_model(name, **SMALL.get(name, {}), **kw)
 
@@ -74,8 +87,20 @@ def images(n, seed=0):
 
 @functools.lru_cache(maxsize=None)
 def small_variables(name):
-  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  return jax.jit(lambda x: small_model(name).init(rngs, x, train=False))(images(2))
+  """model.init of the small variant, shared by the behavioural tests."""
+  model, x = small_model(name), images(2)
+  init = lambda x: model.init(jax.random.key(0), x, train=False)
+  return compile_fast(init, x)(x)
+
+
+def forward_fn(model):
+  """(variables, x, dropout_key) -> (train-mode logits, eval-mode logits)."""
+  def forward(variables, x, key):
+    train_logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": key})
+    # No rngs in eval mode: any stochastic layer left on would fail here.
+    return train_logits, model.apply(variables, x, train=False)
+  return forward
 
 
 def test_every_model_is_pinned():
@@ -92,17 +117,14 @@ def test_param_count(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_train_and_eval(name):
-  model = small_model(name)
-  variables = small_variables(name)
-  x = images(2)
-  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                          rngs={"dropout": jax.random.key(2)})
-  assert logits.shape == (2, 10)
-  assert np.isfinite(np.asarray(logits)).all()
-  eval1 = model.apply(variables, x, train=False)
-  eval2 = model.apply(variables, x, train=False)
-  assert eval1.shape == (2, 10)
-  assert np.isfinite(np.asarray(eval1)).all()
+  variables, x = small_variables(name), images(2)
+  forward = compile_fast(forward_fn(small_model(name)), variables, x,
+                         jax.random.key(1))
+  train1, eval1 = forward(variables, x, jax.random.key(1))
+  _, eval2 = forward(variables, x, jax.random.key(2))
+  for logits in (train1, eval1):
+    assert logits.shape == (2, 10)
+    assert np.isfinite(np.asarray(logits)).all()
   np.testing.assert_array_equal(np.asarray(eval1), np.asarray(eval2))
 
 
@@ -123,7 +145,6 @@ def test_a_few_adam_steps_lower_the_loss(name):
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, new_state.get("batch_stats", {})
 
-  @jax.jit
   def step(params, batch_stats, opt_state):
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, batch_stats)
@@ -131,8 +152,9 @@ def test_a_few_adam_steps_lower_the_loss(name):
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   opt_state = tx.init(params)
+  step = compile_fast(step, params, batch_stats, opt_state)
   losses = []
-  for _ in range(9):
+  for _ in range(9):  # the 9th loss is the one after 8 updates
     params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
     losses.append(float(loss))
   assert np.isfinite(losses).all(), losses
@@ -142,23 +164,39 @@ def test_a_few_adam_steps_lower_the_loss(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_forward(name):
   model = small_model(name, dtype=jnp.bfloat16)
-  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images(2))
-  for leaf in jax.tree.leaves(variables["params"]):
-    assert leaf.dtype == jnp.float32
-  logits = model.apply(variables, images(2), train=False)
-  assert logits.shape == (2, 10)
-  assert logits.dtype in (jnp.bfloat16, jnp.float32)
-  assert np.isfinite(np.asarray(logits, np.float32)).all()
+  x = images(2)
+  # Parameters stay float32 under bf16 compute (checked without allocating).
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  assert {leaf.dtype for leaf in jax.tree.leaves(shapes["params"])} == {jnp.dtype("float32")}
+  # Same tree as the float32 variant, so reuse its (cached) initial values.
+  variables = small_variables(name)
+  assert jax.tree.structure(shapes) == jax.tree.structure(variables)
+  forward = compile_fast(forward_fn(model), variables, x, jax.random.key(1))
+  for logits in forward(variables, x, jax.random.key(1)):
+    assert logits.shape == (2, 10)
+    assert logits.dtype in (jnp.bfloat16, jnp.float32)
+    assert np.isfinite(np.asarray(logits, np.float32)).all()
+
+
+def run_cli(argv):
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert models_cli.main(argv) == 0
+  return out.getvalue()
 
 
 def test_cli_json_lists_every_model():
-  out = io.StringIO()
-  with contextlib.redirect_stdout(out):
-    assert models_cli.main(["--json"]) == 0
-  rows = json.loads(out.getvalue())
+  # FLOPs need one compilation per full-size model (~15 s for all of them), so
+  # every model is listed without them and two with them.
+  rows = json.loads(run_cli(["--json", "--no-flops"]))
   assert [r["name"] for r in rows] == NAMES
   for r in rows:
     assert r["params"] == PARAM_COUNTS[r["name"]]
-    assert r["flops"] > 0
-  table = models_cli.format_table(rows)
-  assert "11,173,962" in table and "resnet_budget" in table
+  rows = json.loads(run_cli(["--json", "lenet5", "resnet18"]))
+  assert [r["name"] for r in rows] == ["lenet5", "resnet18"]
+  # LeNet-5 does 651,720 multiply-adds; XLA counts 2 FLOPs each plus the
+  # bias adds, ReLUs and pooling.
+  assert 1.0 * 2 * 651_720 <= rows[0]["flops"] <= 1.05 * 2 * 651_720
+  assert rows[1]["flops"] > 100 * rows[0]["flops"]
+  table = run_cli(["lenet5", "resnet18"])
+  assert "11,173,962" in table and "MFLOPs" in table

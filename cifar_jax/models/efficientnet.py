@@ -11,7 +11,8 @@ scales channels (rounded to multiples of 8) and ``depth_mult`` the repeats
 Adapted to 32x32: on 224x224 the stem and stages 2, 3, 4 and 6 have stride 2
 (224 -> 7). Here the stem and stage 2 (24 channels) have stride 1, so stages
 1-2 run at 32x32, stage 3 at 16x16, stages 4-5 at 8x8 and stages 6-7 and the
-head at 4x4 (total stride 8). ``stem_stride`` and ``strides`` are fields.
+head at 4x4 (total stride 8). ``stem_stride``, ``strides`` and the stage table
+``stages`` (default: B0's) are fields.
 BatchNorm uses the project's PyTorch defaults (eps 1e-5) rather than
 EfficientNet's 1e-3. Parameters with 10 classes: B0 4,020,358, B1 6,525,994
 (torchvision's counts minus the 1000-class head difference).
@@ -30,8 +31,9 @@ from cifar_jax import models
 from cifar_jax.models import layers
 from cifar_jax.models.layers import ConvNormAct, DropPath
 
-# Per stage: (expand_ratio, kernel, out_channels, repeats). Strides are a field.
-_B0_STAGES = ((1, 3, 16, 1), (6, 3, 24, 2), (6, 5, 40, 2), (6, 3, 80, 3),
+# Per stage: (expand_ratio, kernel, out_channels, repeats) before width/depth
+# scaling. Strides are a separate field.
+B0_STAGES = ((1, 3, 16, 1), (6, 3, 24, 2), (6, 5, 40, 2), (6, 3, 80, 3),
               (6, 5, 112, 3), (6, 5, 192, 4), (6, 3, 320, 1))
 
 
@@ -97,6 +99,7 @@ class EfficientNet(nn.Module):
   dropout_rate: float = 0.2
   drop_connect_rate: float = 0.2
   se_ratio: float = 0.25
+  stages: Sequence[tuple[int, int, int, int]] = B0_STAGES
   stem_stride: int = 1
   strides: Sequence[int] = (1, 1, 2, 2, 1, 2, 1)  # ImageNet: (1, 2, 2, 2, 1, 2, 1)
   head_features: int = 1280
@@ -104,17 +107,18 @@ class EfficientNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.strides) != len(_B0_STAGES):
-      raise ValueError(f"strides needs {len(_B0_STAGES)} entries, got {self.strides}")
+    if len(self.strides) != len(self.stages):
+      raise ValueError(f"strides {self.strides} needs one entry per stage "
+                       f"({len(self.stages)})")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     x = x.astype(self.dtype)
     x = ConvNormAct(round_filters(32, self.width_mult), 3, self.stem_stride,
                     norm=norm, act=act, name="stem")(x)
-    repeats = [round_repeats(r, self.depth_mult) for *_, r in _B0_STAGES]
+    repeats = [round_repeats(r, self.depth_mult) for *_, r in self.stages]
     drop_rates = np.linspace(0.0, self.drop_connect_rate, sum(repeats) + 1)[:-1]
     block = 0
-    for (expand, kernel, out, _), n, stride in zip(_B0_STAGES, repeats, self.strides):
+    for (expand, kernel, out, _), n, stride in zip(self.stages, repeats, self.strides):
       for i in range(n):
         x = MBConv(round_filters(out, self.width_mult), expand, kernel,
                    stride if i == 0 else 1, self.se_ratio, float(drop_rates[block]),

@@ -10,7 +10,8 @@ only grows, never shrinks, as in the paper).
 Adapted to 32x32 as the usual CIFAR ports do: the ImageNet stem has stride 2
 and the 24-channel stage has stride 2 (224 -> 7); both have stride 1 here, so
 the network downsamples 32 -> 16 -> 8 -> 4 in the 32-, 64- and 160-channel
-stages and the final map is 4x4. ``stem_stride`` and ``strides`` are fields.
+stages and the final map is 4x4. ``stem_stride``, ``strides`` and the stage
+table ``stages`` (default: the paper's) are fields.
 Parameters with 10 classes: 2,236,682 (torchvision's count minus the
 1000-class head difference).
 """
@@ -27,7 +28,7 @@ from cifar_jax.models import layers
 from cifar_jax.models.layers import ConvNormAct
 
 # Per stage: (expand_ratio t, out_channels c, repeats n). Strides are a field.
-_STAGES = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3),
+STAGES = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3),
            (6, 160, 3), (6, 320, 1))
 
 
@@ -66,6 +67,7 @@ class MobileNetV2(nn.Module):
   bn_axis_name: str | None = None
   width_mult: float = 1.0
   dropout_rate: float = 0.2
+  stages: Sequence[tuple[int, int, int]] = STAGES
   stem_stride: int = 1
   strides: Sequence[int] = (1, 1, 2, 2, 1, 2, 1)  # ImageNet: (1, 2, 2, 2, 1, 2, 1)
   last_features: int = 1280
@@ -73,14 +75,15 @@ class MobileNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if len(self.strides) != len(_STAGES):
-      raise ValueError(f"strides needs {len(_STAGES)} entries, got {self.strides}")
+    if len(self.strides) != len(self.stages):
+      raise ValueError(f"strides {self.strides} needs one entry per stage "
+                       f"({len(self.stages)})")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     x = x.astype(self.dtype)
     x = ConvNormAct(make_divisible(32 * self.width_mult), 3, self.stem_stride,
                     norm=norm, act=act, name="stem")(x)
-    for (t, c, n), s in zip(_STAGES, self.strides):
+    for (t, c, n), s in zip(self.stages, self.strides):
       for i in range(n):
         x = InvertedResidual(make_divisible(c * self.width_mult),
                              s if i == 0 else 1, t, norm, act)(x)

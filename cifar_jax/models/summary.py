@@ -52,7 +52,10 @@ def forward_flops(model, variables=None) -> float:
     variables = abstract_variables(model)
   x = jax.ShapeDtypeStruct((1,) + IMAGE_SHAPE, jnp.float32)
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  cost = fwd.lower(variables, x).compile().cost_analysis()
+  # The executable is never run, so skip LLVM's optimisations: the HLO (whose
+  # cost is analysed) is the same and compilation is about twice as fast.
+  cost = fwd.lower(variables, x).compile(
+      compiler_options={"xla_backend_optimization_level": 0}).cost_analysis()
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
     cost = cost[0] if cost else {}
   if not cost or "flops" not in cost:

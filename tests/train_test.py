@@ -1,0 +1,216 @@
+"""Train loop behaviour: device-count invariance, resuming, NaN stop, Ctrl-C,
+checkpoint mismatches, exact evaluation and the files a run writes."""
+import functools
+import json
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import augment
+from cifar_jax import checkpoint
+from cifar_jax import evaluate
+from cifar_jax import metrics as metrics_lib
+from cifar_jax import optim
+from cifar_jax import parallel
+from cifar_jax import train
+from conftest import make_split
+
+
+def _run_steps(config, mode, num_devices, split, num_steps=3):
+  """Trains `num_steps` steps on fixed batches; returns (losses, params)."""
+  par = parallel.DataParallel(mode, num_devices)
+  model = train.create_model(config, par.axis_name)
+  tx, _ = optim.create_optimizer(config, 10)
+  state = par.replicate(train.create_train_state(config, model, tx))
+  step_fn = functools.partial(train.train_step, augment_fn=augment.build(config.augment),
+                              num_classes=10, axis_name=par.axis_name)
+  gather = par.make_gather()
+  data = par.put_dataset({"image": split.images, "label": split.labels})
+  batches = np.arange(num_steps * config.batch_size).reshape(num_steps, -1)
+  step, _ = par.compile_train(step_fn, state, gather(data, batches[0]), jax.random.PRNGKey(1))
+  losses = []
+  for i, indices in enumerate(batches):
+    state, m = step(state, gather(data, indices), jax.random.PRNGKey(i))
+    losses.append(float(m["loss_sum"]) / float(m["count"]))
+  return np.array(losses), jax.device_get(par.unreplicate(state).params)
+
+
+@pytest.mark.parametrize("mode,num_devices", [("jit", 4), ("pmap", 4)])
+def test_multi_device_training_matches_one_device(tiny_config, mode, num_devices):
+  assert jax.device_count() >= 4
+  config = tiny_config
+  config.model.name = "resnet18"
+  config.model.width = 8  # BatchNorm must see the global batch in every mode
+  config.model.stage_sizes = (1, 1)
+  config.augment = ""  # random augmentation is per device under pmap
+  config.optimizer.name = "sgd"
+  config.optimizer.learning_rate = 0.01
+  config.schedule.warmup_epochs = 0.0
+  split = make_split(3 * config.batch_size, learnable=True)
+  ref_losses, ref_params = _run_steps(config, "jit", 1, split)
+  losses, params = _run_steps(config, mode, num_devices, split)
+  assert np.isfinite(ref_losses).all()
+  np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5),
+               params, ref_params)
+
+
+def _params(workdir, config):
+  model = train.create_model(config)
+  tx, _ = optim.create_optimizer(config, 1)
+  template = train.create_train_state(config, model, tx)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  state, meta = ckpt.restore(template, "latest")
+  ckpt.close()
+  return jax.device_get(state.params), meta
+
+
+def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
+  train_split, eval_split = make_split(160), make_split(40, seed=1)
+  full = train.train_and_evaluate(tiny_config, tmp_path / "full",
+                                  train_split=train_split, eval_split=eval_split)
+  # Stop mid-epoch 1 (5 steps per epoch), then run the same command again.
+  train.train_and_evaluate(tiny_config, tmp_path / "resumed", train_split=train_split,
+                           eval_split=eval_split, stop_after_steps=7)
+  stopped, meta = _params(tmp_path / "resumed", tiny_config)
+  assert meta["step"] == 7
+  resumed = train.train_and_evaluate(tiny_config, tmp_path / "resumed",
+                                     train_split=train_split, eval_split=eval_split)
+  assert resumed["step"] == full["step"] == 10
+  full_params, _ = _params(tmp_path / "full", tiny_config)
+  resumed_params, _ = _params(tmp_path / "resumed", tiny_config)
+  jax.tree.map(np.testing.assert_array_equal, resumed_params, full_params)
+  with pytest.raises(AssertionError):  # the comparison can fail
+    jax.tree.map(np.testing.assert_array_equal, stopped, full_params)
+  records = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+  # Stopped in epoch 2 (5 steps an epoch): epoch 1's record kept, epoch 2's written once.
+  assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_run_writes_config_metrics_and_checkpoints(tiny_config, tmp_path):
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
+                                    eval_split=make_split(40, seed=1))
+  config_json = json.loads((tmp_path / "config.json").read_text())
+  assert config_json["model"]["name"] == "lenet5"
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 2
+  for line in lines:
+    r = json.loads(line)
+    for key in ("epoch", "step", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
+                "learning_rate", "epoch_time_s", "train_img_per_s"):
+      assert isinstance(r[key], (int, float)), key
+  assert "compile_s" in json.loads(lines[0])
+  assert record["step"] == 6
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "6"]
+  assert len(list((tmp_path / "best").iterdir())) == 1
+  assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+  train_split = make_split(96)  # 3 steps per epoch
+  tiny_config.optimizer.name = "sgd"
+  tiny_config.optimizer.learning_rate = 1e-3
+  tiny_config.schedule.name = "constant"
+  tiny_config.schedule.warmup_epochs = 0.0
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split, eval_split=None)
+  tiny_config.num_epochs = 2
+  tiny_config.optimizer.learning_rate = 1e30  # resumes, then diverges in epoch 2
+  with pytest.raises(metrics_lib.NonFiniteLossError, match=r"step \d+ \(epoch 2\)"):
+    train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split, eval_split=None)
+  params, meta = _params(tmp_path, tiny_config)
+  assert meta["step"] == 3
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_ctrl_c_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
+  calls = {"n": 0}
+  original_add = metrics_lib.Accumulator.add
+
+  def add_then_interrupt(self, m):
+    original_add(self, m)
+    calls["n"] += 1
+    if calls["n"] == 2:
+      signal.raise_signal(signal.SIGINT)  # what a user's Ctrl-C sends
+
+  monkeypatch.setattr(metrics_lib.Accumulator, "add", add_then_interrupt)
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
+                                    eval_split=None)
+  assert record == {}
+  _, meta = _params(tmp_path, tiny_config)
+  assert meta["step"] == 2
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_checkpoint_of_another_model_fails_clearly(tiny_config, tmp_path):
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(64), eval_split=None)
+  other = tiny_config.copy_and_resolve_references()
+  other.model.name = "my_cnn"
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="lenet5.*my_cnn"):
+    evaluate.evaluate(other, tmp_path, split=make_split(10))
+  with pytest.raises(checkpoint.CheckpointMismatchError):
+    train.train_and_evaluate(other, tmp_path, train_split=make_split(64), eval_split=None)
+  # Same model and parameter count, different optimizer state structure.
+  other = tiny_config.copy_and_resolve_references()
+  other.optimizer.name = "sgd"
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="config.json"):
+    train.train_and_evaluate(other, tmp_path, train_split=make_split(64), eval_split=None)
+
+
+def test_evaluate_counts_every_example_once(tiny_config, tmp_path):
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(64), eval_split=None)
+  split = make_split(70, seed=3)  # 70 = 2 full batches of 32 + 6, padded
+  result = evaluate.evaluate(tiny_config, tmp_path, split=split)
+  assert result["num_examples"] == 70
+  # Reference: the restored model applied to every example directly.
+  params, _ = _params(tmp_path, tiny_config)
+  model = train.create_model(tiny_config)
+  images = train.normalize(jnp.asarray(split.images, jnp.float32) / 255.0)
+  logits = model.apply({"params": params}, images, train=False)
+  predictions = np.asarray(jnp.argmax(logits, -1))
+  assert result["accuracy"] == pytest.approx(np.mean(predictions == split.labels))
+  confusion = np.array(result["confusion_matrix"])
+  assert confusion.sum() == 70
+  np.testing.assert_array_equal(confusion.sum(1), np.bincount(split.labels, minlength=10))
+  path = tmp_path / "eval_train_45000.json"
+  saved = json.loads(path.read_text())
+  assert {"accuracy", "loss", "num_examples", "step", "split"} <= saved.keys()
+  assert saved["split"] == "train[45000:]"
+  mistakes = np.load(tmp_path / "eval_train_45000_mistakes.npz")
+  assert (mistakes["labels"] != mistakes["predictions"]).all()
+
+
+def test_evaluate_without_checkpoint_says_so(tiny_config, tmp_path):
+  with pytest.raises(checkpoint.NoCheckpointError, match="train first"):
+    evaluate.evaluate(tiny_config, tmp_path, split=make_split(10))
+
+
+def test_safe_split_names():
+  assert evaluate.safe_split_name("train[45000:]") == "train_45000"
+  assert evaluate.safe_split_name("test") == "test"
+  assert evaluate.safe_split_name("train[:10%]+test") == "train_10_test"
+
+
+def test_half_precision_step_keeps_float32_params(tiny_config):
+  tiny_config.half_precision = True
+  tiny_config.model.name = "resnet18"
+  tiny_config.model.width = 4
+  tiny_config.model.stage_sizes = (1, 1)
+  losses, params = _run_steps(tiny_config, "jit", 1, make_split(96), num_steps=2)
+  assert np.isfinite(losses).all()
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+
+def test_ema_is_tracked_and_evaluated(tiny_config, tmp_path):
+  tiny_config.ema_decay = 0.9
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
+                                    eval_split=make_split(32, seed=1))
+  assert 0.0 <= record["ema_eval_accuracy"] <= 1.0
+  result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(32, seed=1))
+  assert result["ema"] is True
+  assert result["accuracy"] == pytest.approx(record["ema_eval_accuracy"])
