@@ -152,8 +152,10 @@ def _uniform(rng, batch: int, bounds: tuple[float, float], shape=()):
 
 def _grayscale(images):
   """ITU-R 601-2 luma, (B, H, W, 1), as torchvision/PIL."""
-  weights = jnp.asarray([0.299, 0.587, 0.114], images.dtype)
-  return jnp.sum(images * weights, axis=-1, keepdims=True)
+  # Explicit channel slices: a reduction over the size-3 minor axis fuses
+  # badly on XLA:CPU (~20x slower).
+  return (0.299 * images[..., 0:1] + 0.587 * images[..., 1:2] +
+          0.114 * images[..., 2:3])
 
 
 def _blend(a, b, factor):
@@ -164,9 +166,18 @@ def _blend(a, b, factor):
 
 def rgb_to_hsv(images):
   """RGB in [0, 1] -> HSV with hue in [0, 1)."""
+  return jnp.stack(_rgb_to_hsv(images), axis=-1)
+
+
+def hsv_to_rgb(hsv):
+  """Inverse of ``rgb_to_hsv``."""
+  return _hsv_to_rgb(hsv[..., 0], hsv[..., 1], hsv[..., 2])
+
+
+def _rgb_to_hsv(images):
   r, g, b = images[..., 0], images[..., 1], images[..., 2]
-  maxc = jnp.max(images, axis=-1)
-  minc = jnp.min(images, axis=-1)
+  maxc = jnp.maximum(jnp.maximum(r, g), b)
+  minc = jnp.minimum(jnp.minimum(r, g), b)
   chroma = maxc - minc
   gray = chroma == 0
   s = chroma / jnp.where(gray, 1.0, maxc)
@@ -175,12 +186,10 @@ def rgb_to_hsv(images):
   h = jnp.where(maxc == r, bc - gc,
                 jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
   h = jnp.where(gray, 0.0, jnp.mod(h / 6.0, 1.0))
-  return jnp.stack([h, s, maxc], axis=-1)
+  return h, s, maxc
 
 
-def hsv_to_rgb(hsv):
-  """Inverse of ``rgb_to_hsv``."""
-  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+def _hsv_to_rgb(h, s, v):
   h6 = jnp.mod(h, 1.0) * 6.0
   sector = jnp.floor(h6)
   f = h6 - sector
@@ -218,19 +227,22 @@ def sample_bilinear(images, x, y, fill: float = 0.0):
   x0, y0 = jnp.floor(x), jnp.floor(y)
   wx, wy = x - x0, y - y0
   x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
-  xs = jnp.stack([x0, x0 + 1, x0, x0 + 1], axis=1)            # (B, 4, N)
-  ys = jnp.stack([y0, y0, y0 + 1, y0 + 1], axis=1)
-  weights = jnp.stack([(1 - wx) * (1 - wy), wx * (1 - wy),
-                       (1 - wx) * wy, wx * wy], axis=1)
-  inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
-  index = jnp.clip(ys, 0, height - 1) * width + jnp.clip(xs, 0, width - 1)
   flat = images.reshape(b, height * width, c)
-  values = jax.vmap(lambda f, i: f[i])(flat, index.reshape(b, -1))
-  values = values.reshape(b, 4, -1, c)
-  w_in = (weights * inside)[..., None]
-  out = jnp.sum(values * w_in, axis=1)
+  out = jnp.zeros((b, x.shape[1], c), images.dtype)
+  outside = jnp.zeros_like(x)
+  # One gather per neighbour: stacking the four into one gather and reducing
+  # over them is ~40x slower on XLA:CPU.
+  for dx, dy, weight in ((0, 0, (1 - wx) * (1 - wy)), (1, 0, wx * (1 - wy)),
+                         (0, 1, (1 - wx) * wy), (1, 1, wx * wy)):
+    xi, yi = x0 + dx, y0 + dy
+    inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+    index = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
+    values = jax.vmap(lambda f, i: f[i])(flat, index)
+    out = out + values * jnp.where(inside, weight, 0.0)[..., None]
+    if fill:
+      outside = outside + jnp.where(inside, 0.0, weight)
   if fill:
-    out = out + fill * jnp.sum((weights * ~inside)[..., None], axis=1)
+    out = out + fill * outside[..., None]
   return jnp.clip(out.reshape(*out_shape, c), 0.0, 1.0)
 
 
@@ -571,9 +583,8 @@ def color_jitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1) -> Augme
         images = adjust[name](images, _uniform(key, b, ranges[name]))
     if hue_range is not None:
       shift = _uniform(keys[3], b, hue_range)[:, None, None]
-      hsv = rgb_to_hsv(images)
-      hsv = hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + shift, 1.0))
-      images = jnp.clip(hsv_to_rgb(hsv), 0.0, 1.0)
+      h, s, v = _rgb_to_hsv(images)
+      images = jnp.clip(_hsv_to_rgb(h + shift, s, v), 0.0, 1.0)
     return images
   return image_op(fn)
 

@@ -9,6 +9,7 @@ where augmentation and normalisation run on the device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
 import sys
@@ -54,14 +55,17 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
   tf.config.set_visible_devices([], "GPU")  # TensorFlow must not grab GPU memory.
   data_dir = resolve_data_dir(data_dir)
   where = data_dir or "the tfds default directory (~/tensorflow_datasets)"
+  load = functools.partial(tfds.load, dataset_name, split=split, data_dir=data_dir,
+                           as_supervised=True)
   try:
     builder = tfds.builder(dataset_name, data_dir=data_dir)
-    if not builder.is_prepared():
+    try:
+      ds = load(download=False)
+    except AssertionError:  # tfds' way of saying the data is not prepared there
       _check_download_possible(builder, download)
       print(f"{dataset_name} is not in {where}: downloading and preparing it there.",
             file=sys.stderr)
-    ds = tfds.load(dataset_name, split=split, data_dir=data_dir, as_supervised=True,
-                   download=download)
+      ds = load(download=True)
   except ValueError as e:
     if "split" not in str(e).lower():
       raise
@@ -81,8 +85,9 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
     images.append(x)
     labels.append(y)
   label_feature = builder.info.features["label"]
-  class_names = tuple(getattr(label_feature, "names", None) or
-                      [str(i) for i in range(label_feature.num_classes)])
+  class_names = tuple(label_feature.names)
+  if dataset_name == "cifar10" and class_names == tuple(map(str, range(10))):
+    class_names = CIFAR10_CLASSES  # builder info read without its label file (mock data)
   return ArraySplit(split, np.concatenate(images).astype(np.uint8),
                     np.concatenate(labels).astype(np.int32), class_names)
 

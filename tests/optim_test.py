@@ -1,0 +1,110 @@
+"""Schedules, weight-decay masks, learning-rate scaling and every optimizer."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cifar_jax import optim
+from configs import base
+
+
+def _config(**schedule):
+  config = base.get_config()
+  config.num_epochs = 10
+  config.optimizer.learning_rate = 0.1
+  for k, v in schedule.items():
+    setattr(config.schedule, k, v)
+  return config
+
+
+def test_cosine_warms_up_linearly_then_decays_to_the_end_value():
+  lr = optim.create_learning_rate_fn(_config(name="cosine", warmup_epochs=1.0), 100)
+  assert float(lr(0)) == 0.0
+  assert float(lr(50)) == pytest.approx(0.05)
+  assert float(lr(100)) == pytest.approx(0.1)
+  assert float(lr(550)) == pytest.approx(0.05, abs=2e-3)
+  assert float(lr(1000)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_piecewise_decays_at_epoch_boundaries():
+  config = _config(name="piecewise", warmup_epochs=0.0, boundaries_epochs=(3.0, 6.0),
+                   decay_factor=0.1)
+  lr = optim.create_learning_rate_fn(config, 100)
+  assert [float(lr(s)) for s in (0, 299, 301, 599, 601)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_piecewise_with_warmup_keeps_boundaries_in_epochs():
+  config = _config(name="piecewise", warmup_epochs=1.0, boundaries_epochs=(3.0,))
+  lr = optim.create_learning_rate_fn(config, 100)
+  assert float(lr(50)) == pytest.approx(0.05)
+  assert float(lr(299)) == pytest.approx(0.1) and float(lr(301)) == pytest.approx(0.01)
+
+
+def test_onecycle_peaks_at_pct_start():
+  lr = optim.create_learning_rate_fn(_config(name="onecycle", pct_start=0.3), 100)
+  values = np.array([float(lr(s)) for s in range(0, 1000, 10)])
+  assert values.argmax() * 10 == pytest.approx(300, abs=10)
+  assert values.max() == pytest.approx(0.1, rel=1e-3)
+  assert values[0] == pytest.approx(0.1 / 25)
+
+
+def test_constant_schedule_and_unknown_name():
+  lr = optim.create_learning_rate_fn(_config(name="constant", warmup_epochs=0.0), 100)
+  assert float(lr(0)) == float(lr(999)) == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="schedule.name"):
+    optim.create_learning_rate_fn(_config(name="cosin"), 100)
+
+
+def test_linear_scaling_with_batch_size():
+  config = _config()
+  config.batch_size = 512
+  config.optimizer.lr_base_batch_size = 128
+  assert optim.peak_learning_rate(config) == pytest.approx(0.4)
+
+
+def test_decay_mask_skips_biases_and_norm_params():
+  params = {"conv": {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.ones(8)},
+            "bn": {"scale": jnp.ones(8)}}
+  assert optim.decay_mask(params, False) == {"conv": {"kernel": True, "bias": False},
+                                              "bn": {"scale": False}}
+  assert all(jax.tree.leaves(optim.decay_mask(params, True)))
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lars", "lamb"])
+def test_every_optimizer_descends_a_quadratic(name):
+  config = _config(name="constant", warmup_epochs=0.0)
+  config.optimizer.name = name
+  config.optimizer.learning_rate = 0.05
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.grad_clip_norm = 10.0
+  tx, _ = optim.create_optimizer(config, 10)
+  params = {"w": jnp.full((4, 4), 3.0), "b": jnp.full((4,), -2.0)}
+  loss = lambda p: sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))  # noqa: E731
+  state = tx.init(params)
+  start = float(loss(params))
+  for _ in range(20):
+    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    params = optax.apply_updates(params, updates)
+  assert float(loss(params)) < 0.9 * start
+
+
+def test_weight_decay_is_not_applied_to_biases():
+  config = _config(name="constant", warmup_epochs=0.0)
+  config.optimizer.name = "sgd"
+  config.optimizer.momentum = 0.0
+  config.optimizer.weight_decay = 0.5
+  tx, _ = optim.create_optimizer(config, 10)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5)
+  np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+def test_unknown_optimizer():
+  config = _config()
+  config.optimizer.name = "adamax"
+  with pytest.raises(ValueError, match="optimizer.name"):
+    optim.create_optimizer(config, 10)
