@@ -4,7 +4,7 @@ Restores the best checkpoint of a workdir (else the latest), evaluates
 `config.dataset.eval_split` exactly (every example once), and writes
 `DIR/eval_<split>.json` (accuracy, loss, per-class accuracy, confusion matrix
 with class names) and `DIR/eval_<split>_mistakes.npz` (misclassified images for
-the report).
+the report), and logs the confusion matrix as an image to TensorBoard.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from cifar_jax import metrics as metrics_lib
 from cifar_jax import optim
 from cifar_jax import parallel as parallel_lib
 from cifar_jax import train
+from cifar_jax import writers
 
 MAX_MISTAKES_SAVED = 64
 
@@ -79,6 +80,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
             **summarize(sums, split.class_names)}
   path = eval_file(workdir, config.dataset.eval_split)
   path.write_text(json.dumps(result, indent=2) + "\n")
+  from cifar_jax import report  # matplotlib, only needed here
+  writer = writers.MetricWriter(workdir)
+  writer.write_image("eval/confusion_matrix", result["step"], report.confusion_image(result))
+  writer.close()
   wrong = np.flatnonzero(predictions != split.labels)[:MAX_MISTAKES_SAVED]
   np.savez_compressed(path.with_name(path.stem + "_mistakes.npz"),
                       images=split.images[wrong], labels=split.labels[wrong],

@@ -1,0 +1,214 @@
+"""The report (cifar_jax.report) on tiny runs, TensorBoard events and the
+no-wandb fallback.
+
+Two tiny lenet5 runs are trained once for the module: "evaluated" (then
+`evaluate`d) and "unevaluated" (trained with config.wandb.project set while
+`import wandb` fails); a third workdir only has a config.json, like a run
+that is still starting.
+"""
+import json
+import math
+import re
+import shutil
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from cifar_jax import evaluate
+from cifar_jax import report
+from cifar_jax import train
+from conftest import make_split
+
+
+def _tiny_config(compile_cache):
+  """The conftest `tiny_config` (a function-scoped fixture), for module scope."""
+  from configs import lenet5
+  config = lenet5.get_config()
+  config.num_epochs = 2
+  config.batch_size = 32
+  config.eval_batch_size = 32
+  config.log_every_steps = 4
+  config.compilation_cache_dir = compile_cache
+  return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, compile_cache):
+  root = tmp_path_factory.mktemp("runs")
+  train_split, eval_split = make_split(96, learnable=True), make_split(40, seed=1)
+  config = _tiny_config(compile_cache)
+  train.train_and_evaluate(config, root / "evaluated", train_split=train_split,
+                           eval_split=eval_split)
+  evaluate.evaluate(config, root / "evaluated", split=eval_split)
+  config = _tiny_config(compile_cache)
+  config.wandb.project = "cifar_jax_test"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    train.train_and_evaluate(config, root / "unevaluated", train_split=train_split,
+                             eval_split=eval_split)
+  (root / "starting").mkdir()
+  shutil.copy(root / "evaluated" / "config.json", root / "starting" / "config.json")
+  return root
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+  out = tmp_path_factory.mktemp("report")
+  workdirs = [runs / "evaluated", runs / "unevaluated", runs / "starting"]
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_PLATFORMS", "cpu")  # main() sets it; not for the later tests
+    assert report.main(["--workdirs", *map(str, workdirs), "--out", str(out)]) == 0
+  return out
+
+
+def _records(workdir):
+  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _sections(markdown):
+  """{run heading: {first table column: second column}}."""
+  sections = {}
+  for block in re.split(r"^## ", markdown, flags=re.M)[1:]:
+    heading, _, body = block.partition("\n")
+    rows = re.findall(r"^\| (.+?) \| (.+?) \|$", body, flags=re.M)
+    sections[heading.strip()] = {k: v for k, v in rows if k.strip() and set(k) != {"-"}}
+  return sections
+
+
+def _number(text):
+  return float(re.match(r"[\d,.]+", text).group().replace(",", ""))
+
+
+def test_report_writes_every_file(written):
+  expected = ["report.md", "curves.png", "per_class.png", "accuracy_vs_params.png",
+              "confusion_evaluated.png", "mistakes_evaluated.png"]
+  for name in expected:
+    assert (written / name).stat().st_size > 0, name
+  assert sorted(p.name for p in written.iterdir()) == sorted(expected)
+  for name in expected[1:]:  # real PNGs that embed in report.md
+    assert (written / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({name})" in (written / "report.md").read_text()
+
+
+def test_report_numbers_match_the_runs(runs, written):
+  sections = _sections((written / "report.md").read_text())
+  assert set(sections) == {"evaluated (lenet5)", "unevaluated (lenet5)", "starting (lenet5)"}
+  result = json.loads((runs / "evaluated" / "eval_train_45000.json").read_text())
+  for name in ("evaluated", "unevaluated"):
+    table, records = sections[f"{name} (lenet5)"], _records(runs / name)
+    assert table["Epochs"] == "2 / 2"
+    assert _number(table["Parameters"]) == result["param_count"] == 62006
+    assert table["FLOPs (forward, 1 image)"].endswith("MFLOPs")
+    accs = [r["eval_accuracy"] for r in records]
+    # The eval split is a train slice: it must be called validation.
+    best = table["Best validation accuracy on `train[45000:]`"]
+    final = table["Final validation accuracy on `train[45000:]`"]
+    assert _number(best) == pytest.approx(round(100 * max(accs), 2))
+    assert f"(epoch {1 + int(np.argmax(accs))})" in best
+    assert _number(final) == pytest.approx(round(100 * accs[-1], 2))
+    time = table["Train time (sum of epoch times)"]
+    assert _number(time) == pytest.approx(round(sum(r["epoch_time_s"] for r in records), 1))
+    assert _number(table["Throughput (mean train img/s)"]) == pytest.approx(
+        round(np.mean([r["train_img_per_s"] for r in records])))
+  eval_row = sections["evaluated (lenet5)"]["`--mode=eval` validation accuracy on `train[45000:]`"]
+  assert _number(eval_row) == pytest.approx(round(100 * result["accuracy"], 2))
+  assert "on 40 examples" in eval_row
+  assert not any("--mode=eval" in k for k in sections["unevaluated (lenet5)"])
+  markdown = (written / "report.md").read_text()
+  assert "**validation** accuracies" in markdown
+
+
+def test_report_says_what_each_run_lacks(written):
+  markdown = (written / "report.md").read_text()
+  unevaluated = markdown.split("## unevaluated")[1].split("## ")[0]
+  assert "no evaluation yet: run `python -m cifar_jax.main" in unevaluated
+  assert "--mode=eval" in unevaluated
+  starting = markdown.split("## starting")[1]
+  assert "no metrics yet" in starting
+  assert "| Epochs | 0 / 2 |" in starting
+  assert "no evaluation yet" in starting
+  evaluated = markdown.split("## evaluated")[1].split("## ")[0]
+  assert "- **" not in evaluated  # complete: no notes
+
+
+def test_missing_and_partial_workdirs_do_not_crash(runs, tmp_path):
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  lines = (runs / "evaluated" / "metrics.jsonl").read_text().splitlines()
+  (partial / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][:20])  # being written
+  shutil.copy(runs / "evaluated" / "eval_train_45000.json", partial)  # no config.json
+  run = report.load_run(partial)
+  assert [r["epoch"] for r in run.metrics] == [1]
+  assert run.model == "lenet5" and run.primary_eval["accuracy"] >= 0
+  assert any("config.json" in note for note in run.notes)
+  written = report.write_report([partial, tmp_path / "absent", partial], tmp_path / "out",
+                                flops=False)
+  names = sorted(p.name for p in written)
+  # The same basename twice gets two file names.
+  assert names == sorted(["curves.png", "per_class.png", "accuracy_vs_params.png",
+                          "confusion_partial.png", "confusion_partial_2.png", "report.md"])
+  markdown = (tmp_path / "out" / "report.md").read_text()
+  assert "does not exist" in markdown and "FLOPs (forward, 1 image) | n/a" in markdown
+  written = report.write_report([tmp_path / "absent"], tmp_path / "empty")
+  assert [p.name for p in written] == ["report.md"]
+  assert "No training curves plot" in (tmp_path / "empty" / "report.md").read_text()
+
+
+def test_confusion_image_is_rgb_uint8():
+  result = {"accuracy": 0.5, "step": 3, "split": "test", "model": "lenet5",
+            "class_names": ["a", "b"], "confusion_matrix": [[3, 1], [2, 2]]}
+  image = report.confusion_image(result)
+  assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+  assert image.min() < 100 < 200 < image.max()  # drawn, not blank
+
+
+def _events(workdir):
+  """Every tensorboard Event in workdir/tensorboard (TFRecord framing, parsed
+  with tensorboardX's protobuf: no tensorboard or TensorFlow needed)."""
+  from tensorboardX.proto import event_pb2
+  events = []
+  for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[offset + 12:offset + 12 + length])
+      events.append(event)
+      offset += 12 + length + 4  # length, its crc, payload, payload crc
+  return events
+
+
+def test_tensorboard_has_the_epoch_scalars_and_the_confusion_image(runs):
+  for name in ("evaluated", "unevaluated"):
+    scalars = {}
+    for event in _events(runs / name):
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    records = _records(runs / name)
+    for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
+                "learning_rate", "epoch_time_s", "train_img_per_s"):
+      expected = [(r["step"], r[key]) for r in records]
+      assert [s for s, _ in scalars[key]] == [s for s, _ in expected], key
+      np.testing.assert_allclose([v for _, v in scalars[key]], [v for _, v in expected],
+                                 rtol=1e-6)
+  images = [(e.step, v.image) for e in _events(runs / "evaluated")
+            for v in e.summary.value if v.tag == "eval/confusion_matrix"]
+  assert len(images) == 1
+  step, image = images[0]
+  result = json.loads((runs / "evaluated" / "eval_train_45000.json").read_text())
+  assert step == result["step"]  # of the best checkpoint, the one evaluated
+  assert image.width > 300 and image.height > 300
+  assert image.encoded_image_string[:4] == b"\x89PNG"
+
+
+def test_training_works_without_wandb_installed(runs):
+  # Trained with config.wandb.project set and `import wandb` failing.
+  config = json.loads((runs / "unevaluated" / "config.json").read_text())
+  assert config["wandb"]["project"] == "cifar_jax_test"
+  assert len(_records(runs / "unevaluated")) == 2
+  assert not (runs / "unevaluated" / "wandb").exists()
+  assert all(math.isfinite(r["train_loss"]) for r in _records(runs / "unevaluated"))
