@@ -73,7 +73,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
                                       config.dataset.data_dir)
   state = par.replicate(state)
   evaluator = train.Evaluator(config, par, split, state, use_ema=bool(config.ema_decay))
-  sums, predictions = evaluator.run(state, with_predictions=True)
+  sums, per_example = evaluator.run(state, per_example=True)
+  predictions = per_example["prediction"]
   result = {"split": config.dataset.eval_split, "step": int(meta.get("step", -1)),
             "model": config.model.name, "param_count": meta.get("param_count"),
             "ema": bool(config.ema_decay), "tta": config.tta,

@@ -104,17 +104,36 @@ def _check_download_possible(builder, download: bool) -> None:
       raise ConnectionError(f"no network: cannot resolve {host} ({e})") from None
 
 
-def train_index_plan(num_examples: int, batch_size: int, seed: int,
-                     epoch: int) -> np.ndarray:
+def train_index_plan(num_examples: int, batch_size: int, seed: int, epoch: int,
+                     weights: np.ndarray | None = None) -> np.ndarray:
   """Indices (steps_per_epoch, batch_size) of one epoch: a fresh permutation
   seeded by (seed, epoch), last partial batch dropped. Being a pure function of
-  its arguments is what makes resumed training reproduce an uninterrupted run."""
+  its arguments is what makes resumed training reproduce an uninterrupted run.
+
+  With `weights` (hard-example mining), the epoch's examples are instead drawn
+  with replacement with those probabilities.
+  """
   steps = num_examples // batch_size
   if steps == 0:
     raise ValueError(f"batch_size {batch_size} is larger than the training split "
                      f"({num_examples} examples); lower --config.batch_size.")
-  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  rng = np.random.default_rng([seed, epoch])
+  if weights is None:
+    order = rng.permutation(num_examples)
+  else:
+    order = rng.choice(num_examples, size=steps * batch_size, replace=True, p=weights)
   return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def mining_weights(losses: np.ndarray, power: float = 1.0,
+                   uniform_fraction: float = 0.5) -> np.ndarray:
+  """Sampling probabilities for loss-based hard-example mining: proportional
+  to loss**power, mixed with the uniform distribution so that every example
+  keeps being seen (and its loss re-measured)."""
+  losses = np.nan_to_num(np.asarray(losses, np.float64), nan=0.0, posinf=0.0)
+  hard = np.maximum(losses, 1e-8) ** power
+  hard /= hard.sum()
+  return (1.0 - uniform_fraction) * hard + uniform_fraction / len(losses)
 
 
 def eval_index_plan(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -113,8 +113,8 @@ class DataParallel:
     return step, time.perf_counter() - start
 
   def compile_eval(self, eval_step: Callable, state, batch) -> tuple[Callable, float]:
-    """AOT-compiles `eval_step(state, batch) -> (metrics, predictions)`;
-    predictions come back as one (global_batch,) array in both modes."""
+    """AOT-compiles `eval_step(state, batch) -> (metrics, per_example)`; each
+    per-example output comes back as one (global_batch,) array in both modes."""
     start = time.perf_counter()
     if self.mode == "jit":
       step = jax.jit(eval_step, out_shardings=self.replicated).lower(state, batch).compile()
@@ -122,8 +122,8 @@ class DataParallel:
     compiled = jax.pmap(eval_step, axis_name=PMAP_AXIS).lower(state, batch).compile()
 
     def step(state, batch):
-      metrics, predictions = compiled(state, batch)
-      return _first_device(metrics), predictions.reshape(-1)
+      metrics, per_example = compiled(state, batch)
+      return _first_device(metrics), jax.tree.map(lambda x: x.reshape(-1), per_example)
     return step, time.perf_counter() - start
 
 

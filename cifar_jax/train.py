@@ -1,7 +1,7 @@
 """Train state, the pure train and eval steps, and the epoch loop around them.
 
 `train_step(state, batch, rng) -> (state, metrics)` and
-`eval_step(state, batch) -> (metrics, predictions)` are module-level pure
+`eval_step(state, batch) -> (metrics, per_example)` are module-level pure
 functions; `parallel.DataParallel` compiles them once for jit or pmap. Batches
 carry uint8 images: augmentation and normalisation happen inside the step, on
 the device. Metrics are sums, fetched to the host only when logged.
@@ -149,10 +149,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, num_classes: int,
               tta: str = "none", use_ema: bool = False, axis_name: str | None = None
-              ) -> tuple[dict[str, jax.Array], jax.Array]:
+              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Sums of loss, correct and a confusion matrix over the unmasked examples of
-  {'image', 'label', 'mask'}, and the predicted classes. With test-time
-  augmentation the class probabilities of all views are averaged."""
+  {'image', 'label', 'mask'}, and per example the predicted class and loss.
+  With test-time augmentation the class probabilities of all views are
+  averaged."""
   weights = state.ema if use_ema else {"params": state.params,
                                        "batch_stats": state.batch_stats}
   views = augment.tta_views(_to_unit_float(batch["image"]), tta)
@@ -170,25 +171,32 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, num_classes: in
                   "confusion": confusion}
   if axis_name is not None:
     step_metrics = jax.lax.psum(step_metrics, axis_name)
-  return step_metrics, predictions
+  return step_metrics, {"prediction": predictions, "loss": losses}
 
 
 # ---- evaluation over a whole split ---------------------------------------------
 class Evaluator:
-  """Evaluates a split exactly: every example once, the last batch padded."""
+  """Evaluates a split exactly: every example once, the last batch padded.
+
+  `data` reuses a split already on the devices (the train split, for
+  hard-example mining) instead of copying it again.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, par: parallel_lib.DataParallel,
-               split: input_pipeline.ArraySplit, state: Any, use_ema: bool = False):
+               split: input_pipeline.ArraySplit, state: Any, use_ema: bool = False,
+               tta: str | None = None, data: dict[str, jax.Array] | None = None):
     par.check_batch_size(config.eval_batch_size, "eval_batch_size")
     self.par = par
     self.split = split
     self.batch_size = min(config.eval_batch_size,
                           -(-len(split) // par.num_devices) * par.num_devices)
     self.indices, self.mask = input_pipeline.eval_index_plan(len(split), self.batch_size)
-    self.data = par.put_dataset({"image": split.images, "label": split.labels})
+    self.data = data if data is not None else par.put_dataset(
+        {"image": split.images, "label": split.labels})
     self._gather = par.make_gather()
     step = functools.partial(eval_step, num_classes=config.dataset.num_classes,
-                             tta=config.tta, use_ema=use_ema, axis_name=par.axis_name)
+                             tta=config.tta if tta is None else tta, use_ema=use_ema,
+                             axis_name=par.axis_name)
     self._step, self.compile_s = par.compile_eval(step, state, self._batch(0))
 
   def _batch(self, i: int) -> dict[str, jax.Array]:
@@ -196,21 +204,23 @@ class Evaluator:
     batch["mask"] = self.par.put_batch({"mask": self.mask[i]})["mask"]
     return batch
 
-  def run(self, state: Any, with_predictions: bool = False
-          ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """Returns the summed metrics (and the predictions of every example)."""
+  def run(self, state: Any, per_example: bool = False
+          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Returns the summed metrics and, if asked, every example's prediction
+    and loss (in split order, padding removed)."""
     acc = metrics_lib.Accumulator()
-    predictions = []
+    outputs = []
     for i in range(len(self.indices)):
-      step_metrics, batch_predictions = self._step(state, self._batch(i))
+      step_metrics, batch_outputs = self._step(state, self._batch(i))
       acc.add(step_metrics)
-      if with_predictions:
-        predictions.append(batch_predictions)
+      if per_example:
+        outputs.append(batch_outputs)
     sums = acc.fetch()
-    if not with_predictions:
+    if not per_example:
       return sums, None
-    flat = np.concatenate([np.asarray(p) for p in predictions])
-    return sums, flat[self.mask.reshape(-1) > 0]
+    keep = self.mask.reshape(-1) > 0
+    return sums, {k: np.concatenate([np.asarray(o[k]) for o in outputs])[keep]
+                  for k in outputs[0]}
 
 
 # ---- the loop --------------------------------------------------------------------
@@ -278,7 +288,9 @@ def model_meta(config: ml_collections.ConfigDict, params: Any) -> dict[str, Any]
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                        *, train_split: input_pipeline.ArraySplit | None = None,
                        eval_split: input_pipeline.ArraySplit | None = None,
-                       stop_after_steps: int | None = None) -> dict[str, Any]:
+                       stop_after_steps: int | None = None,
+                       epoch_callback: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, Any]:
   """Trains `config` into `workdir`, resuming from its latest checkpoint.
 
   Writes config.json, metrics.jsonl (one record per epoch), TensorBoard
@@ -286,6 +298,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   `train_split` (and optionally `eval_split`; None then skips evaluation)
   bypasses loading, for tests and the search; `stop_after_steps`
   stops like Ctrl-C after that many total steps (for tests of resuming).
+  `epoch_callback(record)` is called after each epoch's record (and checkpoint,
+  if one is due) is written; the search reports to Ray Tune with it, and stops
+  trials early by raising from it.
   """
   validate_config(config)
   setup_compilation_cache(config)
@@ -334,6 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     if config.ema_decay:
       evaluators.append(("ema_eval", Evaluator(config, par, eval_split, state, use_ema=True)))
   compile_s += sum(e.compile_s for _, e in evaluators)
+  if config.hard_mining.enabled:  # measures every training example's loss
+    train_loss_evaluator = Evaluator(config, par, train_split, state, tta="none",
+                                     data=train_data)
+    compile_s += train_loss_evaluator.compile_s
   print(f"{config.model.name}: {meta['param_count']:,} parameters, {par.num_devices} "
         f"device(s) ({par.mode}), {steps_in_epoch} steps/epoch, compiled in {compile_s:.1f}s",
         file=sys.stderr)
@@ -345,8 +364,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     with stop:
       start_epoch = step // steps_in_epoch
       for epoch in range(start_epoch, config.num_epochs):
+        weights = None
+        if config.hard_mining.enabled and epoch >= config.hard_mining.start_epoch:
+          losses = train_loss_evaluator.run(state, per_example=True)[1]["loss"]
+          weights = input_pipeline.mining_weights(losses, config.hard_mining.power,
+                                                  config.hard_mining.uniform_fraction)
         plan = input_pipeline.train_index_plan(len(train_split), config.batch_size,
-                                               config.seed, epoch)
+                                               config.seed, epoch, weights)
         acc = metrics_lib.Accumulator()
         start = time.perf_counter()
         first_step = step
@@ -392,6 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         print(_format_record(record), file=sys.stderr)
         if (epoch + 1) % config.checkpoint.every_epochs == 0 or last:
           ckpt.save(step, par.unreplicate(state), record)
+        if epoch_callback is not None:
+          epoch_callback(dict(record))
   finally:
     writer.close()
     ckpt.wait()

@@ -62,6 +62,15 @@ def get_config() -> ml_collections.ConfigDict:
   # When on, evaluation also reports ema_eval_* and checkpoints hold the EMA.
   config.ema_decay = 0.0
 
+  # Loss-based hard-example mining: from `start_epoch` on, each epoch first
+  # measures every training example's loss and then samples examples with
+  # probability ~ loss**power, mixed with `uniform_fraction` of uniform.
+  config.hard_mining = ml_collections.ConfigDict()
+  config.hard_mining.enabled = False
+  config.hard_mining.start_epoch = 1  # 0-based epoch of the first mined epoch
+  config.hard_mining.power = 1.0
+  config.hard_mining.uniform_fraction = 0.5
+
   # Persistent XLA compilation cache, so a second run of a config skips most
   # of compilation. "" turns it off.
   config.compilation_cache_dir = "~/.cache/cifar_jax/xla"

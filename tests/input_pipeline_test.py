@@ -65,3 +65,22 @@ def test_real_cifar10_slice_and_missing_test_split():
                              input_pipeline.CIFAR10_MEAN, atol=0.03)
   with pytest.raises(input_pipeline.DatasetNotFoundError, match="eval_split"):
     input_pipeline.load_split("cifar10", "test", data_dir=SHARED_DATA)
+
+
+def test_hard_example_mining_samples_follow_the_losses():
+  losses = np.full(100, 0.1)
+  losses[:10] = 10.0  # ten hard examples
+  weights = input_pipeline.mining_weights(losses, power=1.0, uniform_fraction=0.0)
+  assert weights.sum() == pytest.approx(1.0)
+  assert weights[0] / weights[50] == pytest.approx(100.0)
+  plan = input_pipeline.train_index_plan(100, 50, seed=0, epoch=0, weights=weights)
+  counts = np.bincount(np.concatenate([
+      input_pipeline.train_index_plan(100, 50, 0, e, weights).ravel() for e in range(50)]),
+      minlength=100)
+  hard_share = counts[:10].sum() / counts.sum()
+  assert hard_share == pytest.approx(100 / (100 + 9), abs=0.02)  # 10*10 / (10*10 + 90*0.1)
+  assert plan.shape == (2, 50)
+  # Mixing with uniform keeps every example reachable.
+  mixed = input_pipeline.mining_weights(losses, uniform_fraction=0.5)
+  assert mixed.min() >= 0.5 / 100
+  assert mixed[0] > mixed[50]

@@ -214,3 +214,14 @@ def test_ema_is_tracked_and_evaluated(tiny_config, tmp_path):
   result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(32, seed=1))
   assert result["ema"] is True
   assert result["accuracy"] == pytest.approx(record["ema_eval_accuracy"])
+
+
+def test_hard_mining_and_tta_run_end_to_end(tiny_config, tmp_path):
+  tiny_config.hard_mining.enabled = True
+  tiny_config.hard_mining.start_epoch = 1
+  tiny_config.tta = "flip_translate"
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
+                                    eval_split=make_split(40, seed=1))
+  assert record["epoch"] == 2 and np.isfinite(record["train_loss"])
+  result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(40, seed=1))
+  assert result["num_examples"] == 40 and result["tta"] == "flip_translate"
