@@ -204,6 +204,22 @@ def _hsv_to_rgb(h, s, v):
                     pick(p, p, t, v, v, q)], axis=-1)
 
 
+def _materialize(rng, images):
+  """``images``, computed into a buffer of its own; the result is unchanged.
+
+  XLA:CPU otherwise fuses chains of ops into the gathers that consume them
+  (crop -> warp -> warp ...), recomputing the whole chain for every gathered
+  element: up to ~10x slower pipelines. ``optimization_barrier`` does not
+  stop that on CPU, but a conditional does. Its predicate is always true
+  (``bits | 1 != 0``), so even if a compiler folds it the result is
+  ``images``; the other branch exists only so that it is not simplified away.
+  """
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)
+  bits = jnp.asarray(rng).reshape(-1)[0]
+  return jax.lax.cond((bits | 1) != 0, lambda x: x, lambda x: x * 0.0, images)
+
+
 def _to_uint8(images):
   """[0, 1] floats -> int32 levels 0..255 (round to nearest)."""
   return jnp.round(jnp.clip(images, 0.0, 1.0) * 255.0).astype(jnp.int32)
@@ -391,31 +407,37 @@ def _equalize(images):
   """
   b, height, width, c = images.shape
   n = height * width
-  levels = _to_uint8(images).reshape(b, n, c)
-  hist = jax.vmap(jax.vmap(lambda v: jnp.bincount(v, length=256), in_axes=1))(levels)
-  top = jnp.max(levels, axis=1)                                  # (B, C)
-  top_count = jnp.take_along_axis(hist, top[..., None], axis=-1)[..., 0]
-  step = (n - top_count) // 255
+  levels = _to_uint8(images).reshape(b, n, c).transpose(0, 2, 1)    # (B, C, N)
+  hist = jax.vmap(jax.vmap(lambda v: jnp.bincount(v, length=256)))(levels)
+  top = jnp.max(levels, axis=-1, keepdims=True)
+  step = (n - jnp.sum(levels == top, axis=-1, dtype=jnp.int32)) // 255  # (B, C)
   safe = jnp.maximum(step, 1)[..., None]
   before = jnp.cumsum(hist, axis=-1) - hist                     # exclusive cumsum
   lut = jnp.clip((before + safe // 2) // safe, 0, 255)          # (B, C, 256)
-  mapped = jax.vmap(jax.vmap(lambda t, v: t[v], in_axes=(0, 1), out_axes=1))(lut, levels)
-  out = jnp.where((step == 0)[:, None, :], levels, mapped)
-  return out.reshape(b, height, width, c).astype(jnp.float32) / 255.0
+  lut = jnp.where((step == 0)[..., None], jnp.arange(256), lut)
+  out = jnp.take_along_axis(lut, levels, axis=-1)
+  return out.transpose(0, 2, 1).reshape(b, height, width, c).astype(jnp.float32) / 255.0
 
 
 def _sharpness(images, factor):
-  """PIL ImageEnhance.Sharpness / torchvision adjust_sharpness; factor (B,)."""
-  padded_sum = (images[:, :-2, :-2] + images[:, :-2, 1:-1] + images[:, :-2, 2:] +
-                images[:, 1:-1, :-2] + images[:, 1:-1, 2:] +
-                images[:, 2:, :-2] + images[:, 2:, 1:-1] + images[:, 2:, 2:])
-  smooth = (padded_sum + 5.0 * images[:, 1:-1, 1:-1]) / 13.0
-  degenerate = images.at[:, 1:-1, 1:-1].set(smooth)
-  return _blend(images, degenerate, factor)
+  """PIL ImageEnhance.Sharpness / torchvision adjust_sharpness; factor (B,).
+
+  Blends with the image smoothed by [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13,
+  border pixels left as they are.
+  """
+  _, height, width, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  total = sum(padded[:, dy:dy + height, dx:dx + width]
+              for dy in range(3) for dx in range(3))
+  smooth = (total + 4.0 * images) / 13.0
+  rows = jnp.arange(height)[:, None, None]
+  cols = jnp.arange(width)[None, :, None]
+  interior = (rows > 0) & (rows < height - 1) & (cols > 0) & (cols < width - 1)
+  return _blend(images, jnp.where(interior, smooth, images), factor)
 
 
 def _contrast(images, factor):
-  mean = jnp.mean(_grayscale(images), axis=(1, 2, 3), keepdims=True)
+  mean = _grayscale(jnp.mean(images, axis=(1, 2), keepdims=True))
   return _blend(images, mean, factor)
 
 
@@ -783,14 +805,15 @@ def randaugment(n: int = 2, m: int = 9, num_bins: int = 31, fill: float = 0.0) -
         "autocontrast": lambda: _autocontrast(images),
         "equalize": lambda: _equalize(images),
     }
-    out = warped
+    out = _materialize(rng, warped)
     for name, compute in candidates.items():
-      out = jnp.where(is_op(name)[:, None, None, None], compute(), out)
+      out = jnp.where(is_op(name)[:, None, None, None], _materialize(rng, compute()), out)
     return out
 
   def fn(rng, images):
     for i in range(n):
-      images = layer(jax.random.fold_in(rng, i), images)
+      key = jax.random.fold_in(rng, i)
+      images = _materialize(key, layer(key, images))
     return images
   return image_op(fn)
 
@@ -805,6 +828,7 @@ def random_apply(p: float = 0.5, op: str = "identity") -> Augment:  # pylint: di
   def augment(rng, images, targets):
     k_apply, k_op = jax.random.split(rng)
     new_images, new_targets = inner(k_op, images, targets)
+    new_images = _materialize(k_op, new_images)
     do = jax.random.bernoulli(k_apply, p, (images.shape[0],))
     return (jnp.where(do[:, None, None, None], new_images, images),
             jnp.where(do[:, None], new_targets, targets))
@@ -834,7 +858,9 @@ def random_choice(p: float = 1.0, ops: Sequence[str] = (), weights=None) -> Augm
     choice = jnp.where(jax.random.bernoulli(k_apply, p, (b,)), choice, -1)
     out_images, out_targets = images, targets
     for i, fn in enumerate(fns):
-      new_images, new_targets = fn(jax.random.fold_in(k_ops, i), images, targets)
+      key = jax.random.fold_in(k_ops, i)
+      new_images, new_targets = fn(key, images, targets)
+      new_images = _materialize(key, new_images)
       pick = choice == i
       out_images = jnp.where(pick[:, None, None, None], new_images, out_images)
       out_targets = jnp.where(pick[:, None], new_targets, out_targets)
@@ -934,7 +960,10 @@ def build(spec: str) -> Augment:
 
   def augment(rng, images, targets):
     for i, fn in enumerate(fns):
-      images, targets = fn(jax.random.fold_in(rng, i), images, targets)
+      key = jax.random.fold_in(rng, i)
+      images, targets = fn(key, images, targets)
+      if i + 1 < len(fns):
+        images = _materialize(key, images)
     return images, targets
   return augment
 

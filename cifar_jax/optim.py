@@ -59,11 +59,19 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
       [optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+# Learned embeddings and bias tables that, like norms and biases, are not decayed
+# (as in the ViT/Swin reference training code).
+NO_DECAY_NAMES = frozenset({"cls_token", "pos_embedding", "relative_position_bias_table"})
+
+
 def decay_mask(params: Any, decay_norm_and_bias: bool) -> Any:
-  """True for parameters that weight decay applies to: kernels and
-  embeddings; BatchNorm/LayerNorm scales and all biases (1-D) are left out
-  unless `decay_norm_and_bias`."""
-  return jax.tree.map(lambda p: decay_norm_and_bias or p.ndim > 1, params)
+  """True for parameters that weight decay applies to: kernels. BatchNorm and
+  LayerNorm scales, all biases (1-D), position embeddings, class tokens and
+  relative-position bias tables are left out unless `decay_norm_and_bias`."""
+  def decays(path, p):
+    name = getattr(path[-1], "key", None)
+    return decay_norm_and_bias or (p.ndim > 1 and name not in NO_DECAY_NAMES)
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int

@@ -70,6 +70,12 @@ def test_decay_mask_skips_biases_and_norm_params():
   assert optim.decay_mask(params, False) == {"conv": {"kernel": True, "bias": False},
                                               "bn": {"scale": False}}
   assert all(jax.tree.leaves(optim.decay_mask(params, True)))
+  vit_like = {"cls_token": jnp.zeros((1, 1, 8)), "pos_embedding": jnp.zeros((1, 5, 8)),
+              "attn": {"relative_position_bias_table": jnp.zeros((9, 2)),
+                       "kernel": jnp.zeros((8, 8))}}
+  assert optim.decay_mask(vit_like, False) == {
+      "cls_token": False, "pos_embedding": False,
+      "attn": {"relative_position_bias_table": False, "kernel": True}}
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lars", "lamb"])
