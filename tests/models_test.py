@@ -216,3 +216,18 @@ def test_cli_json_lists_every_model():
   assert rows[1]["flops"] > 100 * rows[0]["flops"]
   table = run_cli(["lenet5", "resnet18"])
   assert "11,173,962" in table and "MFLOPs" in table
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 4)])
+def test_fast_max_pool_matches_flax_max_pool(shape):
+  """The reshape-based pool used for speed gives flax's forward and, without
+  ties, the same gradient."""
+  import flax.linen as nn
+  from cifar_jax.models import layers
+  size = int(np.prod(shape))
+  x = jnp.asarray(np.random.default_rng(0).permutation(size).reshape(shape), jnp.float32)
+  reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+  np.testing.assert_array_equal(layers.max_pool(x, 2), reference(x))
+  weights = jnp.linspace(-1.0, 1.0, reference(x).size).reshape(reference(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(f(x) * weights))(x)  # noqa: E731
+  np.testing.assert_array_equal(grad(lambda x: layers.max_pool(x, 2)), grad(reference))

@@ -48,7 +48,7 @@ class SixConvNet(nn.Module):
     for i, features in enumerate(self.widths):
       x = nn.relu(nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x))
       if i % 2 == 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -67,7 +67,7 @@ class SimpleCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     x = nn.relu(nn.Conv(self.widths[0], (5, 5), padding="VALID", dtype=self.dtype)(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = layers.max_pool(x, 2)
     x = nn.relu(nn.Conv(self.widths[1], (3, 3), padding="VALID", dtype=self.dtype)(x))
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
@@ -102,7 +102,7 @@ class DeepCNN(nn.Module):
         x = norm()(x)
       x = nn.relu(x)
       if i == 3:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))  # (B, 4*4*72 = 1152) at the defaults
     x = nn.Dense(self.hidden[0], dtype=self.dtype)(x)
     x = nn.relu(norm()(x))

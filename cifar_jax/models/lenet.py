@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cifar_jax import models
+from cifar_jax.models import layers
 
 
 class LeNet5(nn.Module):
@@ -24,7 +25,7 @@ class LeNet5(nn.Module):
     x = x.astype(self.dtype)
     for features in (6, 16):
       x = nn.relu(nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
     for features in (120, 84):
       x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
