@@ -1,0 +1,70 @@
+"""JAX vs PyTorch training throughput for the same models, measured in one run.
+
+    python scripts/compare_torch.py --torch_python=~/.venvs/torchref/bin/python \
+        --models=resnet18,my_cnn --batch=128 --rounds=2
+
+For each model and round it times the JAX train step (scripts/benchmark.py)
+and then PyTorch's (../shared/bench/torch_reference.py, run with a Python that
+has torch installed: torch is not a dependency of this project), back to back,
+so both see the same machine load. It prints one JSON line per measurement
+and a table of the ratio JAX / PyTorch per round and their median. Absolute
+images/s drift on shared machines; only the ratios are meaningful.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_TORCH_SCRIPT = os.path.join(HERE, "..", "..", "shared", "bench", "torch_reference.py")
+
+
+def _run_json_lines(cmd: list[str]) -> list[dict]:
+  out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+  return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--torch_python", default=os.path.expanduser("~/.venvs/torchref/bin/python"))
+  parser.add_argument("--torch_script", default=DEFAULT_TORCH_SCRIPT)
+  parser.add_argument("--torch_mode", default="fp32_cl", help="fp32, fp32_cl or bf16_cl")
+  parser.add_argument("--models", default="resnet18,my_cnn")
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--half_precision", action="store_true", help="JAX in bf16")
+  args = parser.parse_args(argv)
+
+  ratios: dict[str, list[float]] = {m: [] for m in args.models.split(",")}
+  rows = []
+  for round_index in range(args.rounds):
+    for model in ratios:
+      jax_cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), f"--models={model}",
+                 f"--batch={args.batch}", f"--steps={args.steps}", "--json"]
+      if args.half_precision:
+        jax_cmd.append("--half_precision")
+      jax_row = _run_json_lines(jax_cmd)[0]
+      torch_row = _run_json_lines([args.torch_python, args.torch_script, f"--models={model}",
+                                   f"--modes={args.torch_mode}", f"--batch={args.batch}",
+                                   f"--steps={args.steps}"])[0]
+      ratio = jax_row["img_per_s"] / torch_row["img_per_s"]
+      ratios[model].append(ratio)
+      row = {"round": round_index, "model": model, "jax_img_per_s": jax_row["img_per_s"],
+             "jax_dtype": jax_row["dtype"], "torch_img_per_s": torch_row["img_per_s"],
+             "torch_mode": args.torch_mode, "ratio": round(ratio, 3)}
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  print(f"\n{'model':<12} {'JAX / PyTorch (' + args.torch_mode + ')':<28} median")
+  for model, values in ratios.items():
+    print(f"{model:<12} {', '.join(f'{v:.2f}' for v in values):<28} "
+          f"{statistics.median(values):.2f}")
+
+
+if __name__ == "__main__":
+  main()
