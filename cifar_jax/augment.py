@@ -39,12 +39,23 @@ posterize          bits=4
 randaugment        n=2, m=9, num_bins=31, fill=0.0
 random_apply       p=0.5, op='<spec>'
 random_choice      p=1.0, ops=['<spec>', ...], weights=None
+identity           (none)
 =================  ===========================================================
 
 ``OP_NAMES`` lists the registered names. ``HEAVY_SPEC`` is the heavy pipeline
 of the seed recipe (pad 5 + crop, then with p=0.5 one of colour jitter,
-rotation in [0, 180], affine, perspective, elastic, solarize, invert).
+rotation in [0, 180], affine, perspective, elastic, solarize, invert) with
+the parameters of torchvision's transforms gallery where the recipe names
+none (jitter brightness 0.5 / hue 0.3, perspective distortion 0.6).
 ``tta_views`` gives the views for test-time augmentation.
+
+Parameters follow torchvision (and PIL for the pixel ops, which the tests
+check against PIL) except: jitter applies its adjustments in a fixed order,
+perspective moves corners by continuous rather than whole-pixel offsets,
+equalize/posterize work on 8-bit levels (outputs are multiples of 1/255).
+Wrappers (``random_apply``, ``random_choice``, RandAugment) compute every
+candidate for the whole batch and select per example, so they cost the sum
+of their candidates.
 
 Geometric ops (rotate, affine, perspective, elastic and RandAugment's
 rotate/shear/translate) share one bilinear sampler: each builds per-example
@@ -56,7 +67,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-import math
 from typing import Callable, Sequence
 
 import jax
@@ -144,10 +154,15 @@ def _range(value, name: str, center: float = 0.0, lower: float | None = None):
   return lo, hi
 
 
-def _uniform(rng, batch: int, bounds: tuple[float, float], shape=()):
-  """Per-example U(lo, hi) draws of shape (batch, *shape)."""
+def _check_p(p, name: str):
+  if not 0.0 <= p <= 1.0:
+    raise ValueError(f"{name} probability p must lie in [0, 1], not {p!r}")
+
+
+def _uniform(rng, batch: int, bounds: tuple[float, float]):
+  """Per-example U(lo, hi) draws, shape (batch,)."""
   lo, hi = bounds
-  return jax.random.uniform(rng, (batch, *shape), jnp.float32, lo, hi)
+  return jax.random.uniform(rng, (batch,), jnp.float32, lo, hi)
 
 
 def _grayscale(images):
@@ -284,13 +299,6 @@ def warp(images, matrices, fill: float = 0.0):
   return sample_bilinear(images, u[:, 0] / denom, u[:, 1] / denom, fill)
 
 
-def _translation(tx, ty):
-  one, zero = jnp.ones_like(tx), jnp.zeros_like(tx)
-  return jnp.stack([jnp.stack([one, zero, tx], -1),
-                    jnp.stack([zero, one, ty], -1),
-                    jnp.stack([zero, zero, one], -1)], -2)
-
-
 def _about_center(matrices, height: int, width: int):
   """Conjugates centred-coordinate matrices into pixel coordinates."""
   cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
@@ -332,17 +340,32 @@ def _affine_warp(images, angle=None, scale=None, shear_x=None, shear_y=None,
   return warp(images, _about_center(m, height, width), fill)
 
 
-def _homography(src, dst):
-  """3x3 matrices (B, 3, 3) with ``H @ src_i ~ dst_i`` for 4 point pairs (B, 4, 2)."""
-  sx, sy = src[..., 0], src[..., 1]
-  dx, dy = dst[..., 0], dst[..., 1]
-  zero, one = jnp.zeros_like(sx), jnp.ones_like(sx)
-  rows_x = jnp.stack([sx, sy, one, zero, zero, zero, -sx * dx, -sy * dx], -1)
-  rows_y = jnp.stack([zero, zero, zero, sx, sy, one, -sx * dy, -sy * dy], -1)
-  a = jnp.concatenate([rows_x, rows_y], axis=1)                 # (B, 8, 8)
-  rhs = jnp.concatenate([dx, dy], axis=1)[..., None]           # (B, 8, 1)
-  h = jnp.linalg.solve(a, rhs)[..., 0]
-  return jnp.concatenate([h, jnp.ones_like(h[:, :1])], axis=1).reshape(-1, 3, 3)
+def _square_to_quad(quad):
+  """Homographies (B, 3, 3) taking the unit square's corners (0, 0), (1, 0),
+  (1, 1), (0, 1) to ``quad`` (B, 4, 2) in that order (Heckbert's closed form;
+  elementwise, so cheap to compile and run)."""
+  x0, x1, x2, x3 = (quad[:, i, 0] for i in range(4))
+  y0, y1, y2, y3 = (quad[:, i, 1] for i in range(4))
+  dx1, dx2, dx3 = x1 - x2, x3 - x2, x0 - x1 + x2 - x3
+  dy1, dy2, dy3 = y1 - y2, y3 - y2, y0 - y1 + y2 - y3
+  den = dx1 * dy2 - dx2 * dy1
+  g = (dx3 * dy2 - dx2 * dy3) / den
+  h = (dx1 * dy3 - dx3 * dy1) / den
+  one = jnp.ones_like(g)
+  return jnp.stack([jnp.stack([x1 - x0 + g * x1, x3 - x0 + h * x3, x0], -1),
+                    jnp.stack([y1 - y0 + g * y1, y3 - y0 + h * y3, y0], -1),
+                    jnp.stack([g, h, one], -1)], -2)
+
+
+def _adjugate(m):
+  """Adjugate of (B, 3, 3) matrices: the inverse up to a scale, which is all
+  a homography needs."""
+  c = lambda i, j: m[:, i, j]
+  cof = lambda r0, r1, c0, c1: c(r0, c0) * c(r1, c1) - c(r0, c1) * c(r1, c0)
+  return jnp.stack([
+      jnp.stack([cof(1, 2, 1, 2), -cof(0, 2, 1, 2), cof(0, 1, 1, 2)], -1),
+      jnp.stack([-cof(1, 2, 0, 2), cof(0, 2, 0, 2), -cof(0, 1, 0, 2)], -1),
+      jnp.stack([cof(1, 2, 0, 1), -cof(0, 2, 0, 1), cof(0, 1, 0, 1)], -1)], -2)
 
 
 def _reflect_index(i: np.ndarray, n: int) -> np.ndarray:
@@ -488,6 +511,7 @@ def random_crop(pad: int = 4, mode: str = "zero") -> Augment:
 @op("flip")
 def random_flip(p: float = 0.5) -> Augment:
   """Mirrors each image left-right with probability ``p``."""
+  _check_p(p, "flip")
   def flip(rng, images):
     do = jax.random.bernoulli(rng, p, (images.shape[0], 1, 1, 1))
     return jnp.where(do, images[:, :, ::-1, :], images)
@@ -503,8 +527,13 @@ def cutout(size: int = 8, fill: float = 0.0, inside: bool = False) -> Augment:
   ``inside=True`` the square always lies inside and exactly size**2 change.
   Note images are not yet normalised: fill 0 is black, not the mean.
   """
+  if size < 1:
+    raise ValueError(f"cutout size must be >= 1, not {size}")
+
   def cut(rng, images):
     b, height, width, _ = images.shape
+    if inside and size > min(height, width):
+      raise ValueError(f"cutout size {size} does not fit inside {height}x{width} images")
     ky, kx = jax.random.split(rng)
     if inside:
       top = jax.random.randint(ky, (b,), 0, height - size + 1)
@@ -518,6 +547,14 @@ def cutout(size: int = 8, fill: float = 0.0, inside: bool = False) -> Augment:
             (cols >= left[:, None, None]) & (cols < (left + size)[:, None, None]))
     return jnp.where(mask[..., None], jnp.asarray(fill, images.dtype), images)
   return image_op(cut)
+
+
+def _symmetric_beta(rng, alpha: float, batch: int):
+  """Beta(alpha, alpha) draws as G1 / (G1 + G2), in log space so that small
+  alphas cannot underflow, with one Gamma call (compiles faster than
+  jax.random.beta, which makes two)."""
+  log_g = jax.random.loggamma(rng, alpha, (2, batch))
+  return jax.nn.sigmoid(log_g[0] - log_g[1])
 
 
 def _partners(rng, images, targets):
@@ -535,7 +572,7 @@ def mixup(alpha: float = 1.0) -> Augment:
       return images, targets
     k_perm, k_lam = jax.random.split(rng)
     other_images, other_targets = _partners(k_perm, images, targets)
-    lam = jax.random.beta(k_lam, alpha, alpha, (images.shape[0],))
+    lam = _symmetric_beta(k_lam, alpha, images.shape[0])
     images = jnp.clip(other_images + lam[:, None, None, None] * (images - other_images), 0, 1)
     targets = other_targets + lam[:, None] * (targets - other_targets)
     return images, targets
@@ -554,7 +591,7 @@ def cutmix(alpha: float = 1.0) -> Augment:
     b, height, width, _ = images.shape
     k_perm, k_lam, k_y, k_x = jax.random.split(rng, 4)
     other_images, other_targets = _partners(k_perm, images, targets)
-    lam = jax.random.beta(k_lam, alpha, alpha, (b,))
+    lam = _symmetric_beta(k_lam, alpha, b)
     ratio = jnp.sqrt(1.0 - lam)
     cut_h = jnp.floor(height * ratio).astype(jnp.int32)
     cut_w = jnp.floor(width * ratio).astype(jnp.int32)
@@ -664,6 +701,7 @@ def random_perspective(distortion_scale: float = 0.5, p: float = 0.5,
   the moved corners back to the original ones."""
   if not 0.0 <= distortion_scale <= 1.0:
     raise ValueError(f"distortion_scale must lie in [0, 1], not {distortion_scale}")
+  _check_p(p, "perspective")
 
   def fn(rng, images):
     b, height, width, _ = images.shape
@@ -675,14 +713,10 @@ def random_perspective(distortion_scale: float = 0.5, p: float = 0.5,
     offsets = jax.random.uniform(k_offsets, (b, 4, 2)) * reach
     apply = jax.random.bernoulli(k_apply, p, (b, 1, 1))
     moved = corners + jnp.where(apply, offsets, 0.0) * inward
-    # Solve in centred, scaled coordinates for conditioning, then convert.
-    center = jnp.asarray([(width - 1) / 2, (height - 1) / 2], jnp.float32)
-    unit = max(width, height) / 2.0
-    h = _homography((moved - center) / unit,
-                    jnp.broadcast_to((corners - center) / unit, moved.shape))
-    norm = jnp.asarray([[1 / unit, 0, 0], [0, 1 / unit, 0], [0, 0, 1]], jnp.float32)
-    denorm = jnp.asarray([[unit, 0, 0], [0, unit, 0], [0, 0, 1]], jnp.float32)
-    matrices = _about_center(denorm @ h @ norm, height, width)
+    # Output pixel -> unit square (inverse of square -> moved corners) ->
+    # input pixel (scale the square to the image's corners).
+    to_image = jnp.asarray([[width - 1, 0, 0], [0, height - 1, 0], [0, 0, 1]], jnp.float32)
+    matrices = to_image @ _adjugate(_square_to_quad(moved))
     return warp(images, matrices, fill)
   return image_op(fn)
 
@@ -805,15 +839,14 @@ def randaugment(n: int = 2, m: int = 9, num_bins: int = 31, fill: float = 0.0) -
         "autocontrast": lambda: _autocontrast(images),
         "equalize": lambda: _equalize(images),
     }
-    out = _materialize(rng, warped)
+    out = warped
     for name, compute in candidates.items():
-      out = jnp.where(is_op(name)[:, None, None, None], _materialize(rng, compute()), out)
+      out = jnp.where(is_op(name)[:, None, None, None], compute(), out)
     return out
 
   def fn(rng, images):
     for i in range(n):
-      key = jax.random.fold_in(rng, i)
-      images = _materialize(key, layer(key, images))
+      images = layer(jax.random.fold_in(rng, i), images)
     return images
   return image_op(fn)
 
@@ -823,6 +856,7 @@ def random_apply(p: float = 0.5, op: str = "identity") -> Augment:  # pylint: di
   """Applies the pipeline ``op`` (a spec string) to each example with
   probability ``p``; images and targets of the others pass through. The op
   runs on the whole batch and the results are selected per example."""
+  _check_p(p, "random_apply")
   inner = build(op)
 
   def augment(rng, images, targets):
@@ -843,6 +877,7 @@ def random_choice(p: float = 1.0, ops: Sequence[str] = (), weights=None) -> Augm
   the cost is the sum of the candidates."""
   if isinstance(ops, str) or not ops:
     raise ValueError(f"random_choice needs a non-empty list of spec strings, not {ops!r}")
+  _check_p(p, "random_choice")
   fns = [build(spec) for spec in ops]
   if weights is not None:
     if len(weights) != len(ops) or min(weights) < 0 or sum(weights) <= 0:
