@@ -1,14 +1,8 @@
-"""EfficientNet-B1 from scratch on 32x32: SGD 0.1, wd 5e-4, 200 epochs, label
-smoothing 0.1; dropout 0.2 and drop_connect 0.2 (the paper's) are the defaults."""
-from configs import base
+"""EfficientNet-B1: EfficientNet-B0's recipe (B1 is B0 with depth x1.1)."""
+from configs import efficientnet_b0
 
 
 def get_config():
-  config = base.get_config()
+  config = efficientnet_b0.get_config()
   config.model.name = "efficientnet_b1"
-  config.model.dropout_rate = 0.2
-  config.model.drop_connect_rate = 0.2
-  config.num_epochs = 200
-  config.label_smoothing = 0.1
-  config.schedule.warmup_epochs = 3.0
   return config

@@ -1,11 +1,8 @@
-"""CIFAR ResNet50: SGD 0.1, momentum 0.9, wd 5e-4, cosine, 200 epochs, batch 128."""
-from configs import base
+"""CIFAR ResNet50: ResNet18's recipe."""
+from configs import resnet18
 
 
 def get_config():
-  config = base.get_config()
+  config = resnet18.get_config()
   config.model.name = "resnet50"
-  config.model.dropout_rate = 0.0
-  config.model.activation = "relu"
-  config.num_epochs = 200
   return config

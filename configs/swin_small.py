@@ -1,20 +1,10 @@
-"""Swin-Small from scratch on CIFAR-10 (data-hungry): AdamW, wd 0.05, 10 warm-up
-epochs + cosine, 300 epochs, RandAugment + crop/flip + mixup/cutmix, label
-smoothing 0.1, gradient clipping 5.0."""
-from configs import base
+"""Swin-S: Swin-T's recipe with stochastic depth 0.2 and half the peak lr."""
+from configs import swin_tiny
 
 
 def get_config():
-  config = base.get_config()
+  config = swin_tiny.get_config()
   config.model.name = "swin_small"
   config.model.drop_path_rate = 0.2
-  config.num_epochs = 300
-  config.optimizer.name = "adamw"
   config.optimizer.learning_rate = 5e-4
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.grad_clip_norm = 5.0
-  config.schedule.warmup_epochs = 10.0
-  config.label_smoothing = 0.1
-  config.augment = ("crop(pad=4)|flip|randaugment(n=2, m=9)|"
-                    "random_choice(p=0.5, ops=['mixup(alpha=0.8)', 'cutmix(alpha=1.0)'])")
   return config

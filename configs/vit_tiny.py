@@ -1,21 +1,13 @@
-"""ViT-Tiny (patch 4) from scratch on CIFAR-10: AdamW, wd 0.05, 10 warm-up epochs
-+ cosine, 300 epochs, RandAugment + crop/flip + mixup/cutmix, label smoothing
-0.1, gradient clipping 1.0."""
+"""ViT-Tiny (patch 4) from scratch: the transformer recipe of configs/base.py
+(AdamW, warmup + cosine, 300 epochs, RandAugment, mixup/cutmix, label
+smoothing) with stochastic depth 0.1 and gradient clipping 1.0."""
 from configs import base
 
 
 def get_config():
-  config = base.get_config()
+  config = base.transformer_recipe(base.get_config(), learning_rate=1e-3,
+                                   grad_clip_norm=1.0)
   config.model.name = "vit_tiny"
   config.model.drop_path_rate = 0.1
   config.model.dropout_rate = 0.0
-  config.num_epochs = 300
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.grad_clip_norm = 1.0
-  config.schedule.warmup_epochs = 10.0
-  config.label_smoothing = 0.1
-  config.augment = ("crop(pad=4)|flip|randaugment(n=2, m=9)|"
-                    "random_choice(p=0.5, ops=['mixup(alpha=0.8)', 'cutmix(alpha=1.0)'])")
   return config

@@ -45,9 +45,8 @@ def compile_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("xla_cache"))
 
 
-@pytest.fixture
-def tiny_config(compile_cache):
-  """lenet5's config shrunk for tests: small batches, a session compile cache."""
+def make_tiny_config(compile_cache: str):
+  """lenet5's config shrunk for tests: small batches, a shared compile cache."""
   from configs import lenet5
   config = lenet5.get_config()
   config.num_epochs = 2
@@ -56,3 +55,8 @@ def tiny_config(compile_cache):
   config.log_every_steps = 4
   config.compilation_cache_dir = compile_cache
   return config
+
+
+@pytest.fixture
+def tiny_config(compile_cache):
+  return make_tiny_config(compile_cache)

@@ -19,30 +19,18 @@ import pytest
 from cifar_jax import evaluate
 from cifar_jax import report
 from cifar_jax import train
-from conftest import make_split
-
-
-def _tiny_config(compile_cache):
-  """The conftest `tiny_config` (a function-scoped fixture), for module scope."""
-  from configs import lenet5
-  config = lenet5.get_config()
-  config.num_epochs = 2
-  config.batch_size = 32
-  config.eval_batch_size = 32
-  config.log_every_steps = 4
-  config.compilation_cache_dir = compile_cache
-  return config
+from conftest import make_split, make_tiny_config
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, compile_cache):
   root = tmp_path_factory.mktemp("runs")
   train_split, eval_split = make_split(96, learnable=True), make_split(40, seed=1)
-  config = _tiny_config(compile_cache)
+  config = make_tiny_config(compile_cache)
   train.train_and_evaluate(config, root / "evaluated", train_split=train_split,
                            eval_split=eval_split)
   evaluate.evaluate(config, root / "evaluated", split=eval_split)
-  config = _tiny_config(compile_cache)
+  config = make_tiny_config(compile_cache)
   config.wandb.project = "cifar_jax_test"
   with pytest.MonkeyPatch.context() as mp:
     mp.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError

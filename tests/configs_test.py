@@ -1,0 +1,29 @@
+"""Every config file loads, names a registered model and builds its pieces."""
+import importlib
+import pathlib
+
+import pytest
+
+from cifar_jax import augment
+from cifar_jax import models
+from cifar_jax import optim
+from cifar_jax import train
+from conftest import REPO_ROOT
+
+CONFIG_NAMES = sorted(p.stem for p in pathlib.Path(REPO_ROOT, "configs").glob("*.py")
+                      if p.stem not in ("__init__", "base"))
+
+
+def test_every_registered_model_has_a_config():
+  assert set(models.model_names()) <= set(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_config_builds(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  train.validate_config(config)
+  assert config.model.name in models.model_names()
+  augment.build(config.augment)
+  optim.create_optimizer(config, steps_in_epoch=100)
+  model = train.create_model(config)
+  assert model.num_classes == config.dataset.num_classes
