@@ -85,3 +85,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint.keep_best = True
 
   return config
+
+
+def transformer_recipe(config: ml_collections.ConfigDict, *, learning_rate: float,
+                       grad_clip_norm: float) -> ml_collections.ConfigDict:
+  """The from-scratch recipe of vision transformers on CIFAR (DeiT-style):
+  AdamW with wd 0.05, 10 warm-up epochs + cosine over 300 epochs, RandAugment
+  on top of crop/flip, mixup or cutmix on half the examples, label smoothing
+  0.1 and gradient clipping."""
+  config.num_epochs = 300
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.weight_decay = 0.05
+  config.optimizer.grad_clip_norm = grad_clip_norm
+  config.schedule.warmup_epochs = 10.0
+  config.label_smoothing = 0.1
+  config.augment = ("crop(pad=4)|flip|randaugment(n=2, m=9)|"
+                    "random_choice(p=0.5, ops=['mixup(alpha=0.8)', 'cutmix(alpha=1.0)'])")
+  return config
