@@ -40,6 +40,13 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     return optax.cosine_onecycle_schedule(
         total, peak, pct_start=s.pct_start, div_factor=s.div_factor,
         final_div_factor=s.final_div_factor)
+  if s.name == "linear_onecycle":
+    # airbench's triangle: linear from peak / div_factor up to peak over the
+    # first pct_start of the steps, then linear down to end_lr_factor * peak.
+    rise = min(max(int(round(s.pct_start * total)), 1), total - 1)
+    return optax.join_schedules(
+        [optax.linear_schedule(peak / s.div_factor, peak, rise),
+         optax.linear_schedule(peak, s.end_lr_factor * peak, total - rise)], [rise])
   if s.name == "cosine":
     return optax.warmup_cosine_decay_schedule(
         0.0, peak, warmup_steps=warmup, decay_steps=total,
@@ -52,7 +59,7 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     main = optax.piecewise_constant_schedule(peak, boundaries)
   else:
     raise ValueError(f"Unknown schedule.name {s.name!r}; choose constant, cosine, "
-                     "onecycle or piecewise.")
+                     "onecycle, linear_onecycle or piecewise.")
   if warmup == 0:
     return main
   return optax.join_schedules(
@@ -74,19 +81,35 @@ def decay_mask(params: Any, decay_norm_and_bias: bool) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def norm_mask(params: Any) -> Any:
+  """True for parameters of normalisation layers: those with a module on their
+  path whose name contains 'norm' (BatchNorm_0, LayerNorm_1, norm1, ...)."""
+  def in_norm(path, _):
+    return any("norm" in str(getattr(k, "key", "")).lower() for k in path[:-1])
+  return jax.tree_util.tree_map_with_path(in_norm, params)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns the optimizer and its learning-rate schedule.
 
   SGD and Adam use coupled L2 decay (added to the gradient, as PyTorch's
-  `weight_decay` does); AdamW, LARS and LAMB decouple it.
+  `weight_decay` does); AdamW, LARS and LAMB decouple it. With SGD,
+  `norm_lr_multiplier` scales the gradients of normalisation-layer parameters
+  before the decay is added: their learning rate, not their weight decay
+  (airbench's `bias_scaler`).
   """
   o = config.optimizer
   lr = create_learning_rate_fn(config, steps_in_epoch)
   mask = lambda params: decay_mask(params, o.decay_norm_and_bias)  # noqa: E731
+  if o.norm_lr_multiplier != 1.0 and o.name != "sgd":
+    raise ValueError("optimizer.norm_lr_multiplier is only supported with "
+                     f"optimizer.name='sgd', not {o.name!r}.")
   if o.name == "sgd":
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
                      optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+    if o.norm_lr_multiplier != 1.0:  # else unchanged, so old checkpoints restore
+      tx = optax.chain(optax.masked(optax.scale(o.norm_lr_multiplier), norm_mask), tx)
   elif o.name == "adam":
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
                      optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps))

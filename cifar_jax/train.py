@@ -34,6 +34,9 @@ from cifar_jax import parallel as parallel_lib
 from cifar_jax import writers
 
 IMAGE_SHAPE = (32, 32, 3)
+# How many training images (the first ones of the split) a model's data-dependent
+# initialisation sees, e.g. the speedrun's patch whitening.
+DATA_INIT_IMAGES = 5000
 
 
 class TrainState(train_state.TrainState):
@@ -66,11 +69,20 @@ def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       tx: optax.GradientTransformation) -> TrainState:
-  """A fresh state; everything random derives from `config.seed`."""
+                       tx: optax.GradientTransformation,
+                       init_images: np.ndarray | None = None) -> TrainState:
+  """A fresh state; everything random derives from `config.seed`.
+
+  `init_images` (uint8 training images) feed the model's data-dependent
+  initialisation, if it registered one (`models.register_data_init`). Without
+  them the state has the same shapes: a template to restore a checkpoint into.
+  """
   rng = jax.random.PRNGKey(config.seed)
   init_rng, run_rng = jax.random.split(rng)
   variables = init_variables(model, init_rng)
+  data_init = models.get_data_init(config.model.name)
+  if data_init is not None and init_images is not None:
+    variables = data_init(variables, normalize(_to_unit_float(jnp.asarray(init_images))))
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   # A copy, not an alias: the state is donated, and a buffer donated twice crashes.
@@ -321,7 +333,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
   model = create_model(config, par.axis_name)
   tx, learning_rate_fn = optim.create_optimizer(config, steps_in_epoch)
-  state = create_train_state(config, model, tx)
+  # A restored checkpoint overwrites the data init's work; it costs ~1 s.
+  state = create_train_state(config, model, tx,
+                             init_images=train_split.images[:DATA_INIT_IMAGES])
   meta = model_meta(config, state.params)
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                  keep_best=config.checkpoint.keep_best, meta=meta)

@@ -47,15 +47,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.decay_norm_and_bias = False  # False: no decay on BN/bias/1-D params
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
   config.optimizer.lr_base_batch_size = 0  # >0: lr *= batch_size / this (linear scaling)
+  config.optimizer.norm_lr_multiplier = 1.0  # sgd: lr (not decay) factor of norm-layer params
 
   config.schedule = ml_collections.ConfigDict()
-  config.schedule.name = "cosine"  # constant | cosine | onecycle | piecewise
-  config.schedule.warmup_epochs = 1.0
-  config.schedule.end_lr_factor = 0.0  # cosine: final lr = factor * peak
+  config.schedule.name = "cosine"  # constant | cosine | onecycle | linear_onecycle | piecewise
+  config.schedule.warmup_epochs = 1.0  # constant, cosine, piecewise
+  config.schedule.end_lr_factor = 0.0  # cosine, linear_onecycle: final lr = factor * peak
   config.schedule.boundaries_epochs = (100.0, 150.0)  # piecewise
   config.schedule.decay_factor = 0.1  # piecewise: lr *= factor at each boundary
-  config.schedule.pct_start = 0.25  # onecycle: fraction of steps spent rising
-  config.schedule.div_factor = 25.0  # onecycle: start lr = peak / div_factor
+  config.schedule.pct_start = 0.25  # (linear_)onecycle: fraction of steps spent rising
+  config.schedule.div_factor = 25.0  # (linear_)onecycle: start lr = peak / div_factor
   config.schedule.final_div_factor = 1e4  # onecycle: end lr = start / this
 
   # Exponential moving average of the weights (and BN statistics); 0 disables.

@@ -35,6 +35,7 @@ PARAM_COUNTS = {
     "resnet50": 23_520_842,
     "resnet_budget": 4_697_162,
     "simple_cnn": 80_090,
+    "speedrun": 1_971_352,  # + 288 frozen whitening weights in batch_stats
     "swin_small": 48_805_732,
     "swin_tiny": 27_505_108,
     "vit_small": 21_342_346,
@@ -65,6 +66,7 @@ SMALL = {
     # Non-default kernels and a 2x2 pooled map exercise every budget field.
     "resnet_budget": dict(stage_sizes=(1, 1), widths=(8, 16), kernel_sizes=(3, 5),
                           skip_kernel_sizes=(1, 3), pool_size=8),
+    "speedrun": dict(widths=(8, 16, 16)),
     "swin_small": _SMALL_SWIN,
     "swin_tiny": _SMALL_SWIN,
     "vit_small": _SMALL_VIT,

@@ -114,3 +114,33 @@ def test_unknown_optimizer():
   config.optimizer.name = "adamax"
   with pytest.raises(ValueError, match="optimizer.name"):
     optim.create_optimizer(config, 10)
+
+
+def test_linear_onecycle_is_airbench_triangle():
+  config = _config(name="linear_onecycle", pct_start=0.25, div_factor=5.0,
+                   end_lr_factor=0.1)
+  lr = optim.create_learning_rate_fn(config, 100)  # 1000 steps, peak at 250
+  assert [float(lr(s)) for s in (0, 125, 250, 625, 1000)] == pytest.approx(
+      [0.02, 0.06, 0.1, 0.055, 0.01])
+
+
+def test_norm_lr_multiplier_scales_the_gradient_not_the_decay():
+  config = _config(name="constant", warmup_epochs=0.0)
+  config.optimizer.momentum = 0.0
+  config.optimizer.weight_decay = 0.5
+  config.optimizer.decay_norm_and_bias = True
+  config.optimizer.norm_lr_multiplier = 64.0
+  tx, _ = optim.create_optimizer(config, 10)
+  params = {"BatchNorm_0": {"bias": jnp.ones(2)}, "norm1": {"scale": jnp.ones(2)},
+            "Conv_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+  grads = jax.tree.map(jnp.full_like, params, {"BatchNorm_0": {"bias": 1.0},
+                                               "norm1": {"scale": 1.0},
+                                               "Conv_0": {"kernel": 1.0, "bias": 1.0}})
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["BatchNorm_0"]["bias"], -0.1 * (64.0 + 0.5))
+  np.testing.assert_allclose(updates["norm1"]["scale"], -0.1 * (64.0 + 0.5))
+  np.testing.assert_allclose(updates["Conv_0"]["kernel"], -0.1 * (1.0 + 0.5))
+  np.testing.assert_allclose(updates["Conv_0"]["bias"], -0.1 * (1.0 + 0.5))
+  config.optimizer.name = "adam"
+  with pytest.raises(ValueError, match="norm_lr_multiplier"):
+    optim.create_optimizer(config, 10)

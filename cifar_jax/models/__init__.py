@@ -10,6 +10,14 @@ are registered as ``functools.partial`` of one module, never as copies.
 ``bn_axis_name`` is passed by the pmap path so that BatchNorm statistics are
 averaged over devices; models without BatchNorm accept and ignore it.
 
+A model may also register a data-dependent initialisation with
+``register_data_init(name, fn)``: ``fn(variables, images) -> variables`` gets
+the freshly initialised variables and a sample of training images exactly as
+``apply`` receives them (float NHWC, normalised) and returns variables of the
+same tree, shapes and dtypes. ``train.create_train_state`` applies it when it
+is given images; without them (templates for restoring a checkpoint) the
+variables keep their ordinary initialisation, with the same shapes.
+
 The families register themselves when their module is imported below.
 """
 from __future__ import annotations
@@ -20,6 +28,8 @@ from typing import Any, Callable
 import flax.linen as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+DataInit = Callable[[Any, Any], Any]  # (variables, images) -> variables
+_DATA_INITS: dict[str, DataInit] = {}
 
 
 def register(name: str, constructor: Callable[..., nn.Module]) -> None:
@@ -27,6 +37,20 @@ def register(name: str, constructor: Callable[..., nn.Module]) -> None:
   if name in _REGISTRY:
     raise ValueError(f"model {name!r} is already registered")
   _REGISTRY[name] = constructor
+
+
+def register_data_init(name: str, fn: DataInit) -> None:
+  """Gives the registered model ``name`` a data-dependent initialisation."""
+  if name not in _REGISTRY:
+    raise ValueError(f"register model {name!r} before its data init")
+  if name in _DATA_INITS:
+    raise ValueError(f"model {name!r} already has a data init")
+  _DATA_INITS[name] = fn
+
+
+def get_data_init(name: str) -> DataInit | None:
+  """The data-dependent initialisation of model ``name``, or None."""
+  return _DATA_INITS.get(name)
 
 
 def model_names() -> list[str]:
@@ -58,3 +82,4 @@ from cifar_jax.models import efficientnet  # noqa: E402,F401
 from cifar_jax.models import mobilenet  # noqa: E402,F401
 from cifar_jax.models import swin  # noqa: E402,F401
 from cifar_jax.models import vit  # noqa: E402,F401
+from cifar_jax.models import speedrun  # noqa: E402,F401

@@ -27,16 +27,21 @@ def activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
 
 def batch_norm(train: bool, dtype: Any, axis_name: str | None, *,
                use_affine: bool = True, zero_init: bool = False,
+               momentum: float = 0.9, use_scale: bool | None = None,
                name: str | None = None) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
 
   Statistics are reduced in float32 even when ``dtype`` is bfloat16, and
   ``axis_name`` averages them across pmap devices so that multi-device training
-  normalises with the statistics of the global batch.
+  normalises with the statistics of the global batch. ``momentum`` is flax's
+  (the weight of the old running average: PyTorch's ``1 - momentum``);
+  ``use_scale=False`` keeps the bias but drops the scale (``None``: as
+  ``use_affine``).
   """
   return nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-      axis_name=axis_name, use_bias=use_affine, use_scale=use_affine,
+      use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype,
+      axis_name=axis_name, use_bias=use_affine,
+      use_scale=use_affine if use_scale is None else use_scale,
       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
       name=name)
 
