@@ -18,6 +18,8 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from cifar_jax import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"],
@@ -28,17 +30,7 @@ config_flags.DEFINE_config_file("config", None, "Path to a config file in config
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser, but a bad `--config.<key>` override (unknown key, wrong
-  type) exits with one line naming it instead of a traceback."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"cifar_jax: error: {e}\nPass --help for the flags.")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    message = " ".join(str(e).replace("\\n", "\n").replace("\\'", "").replace("'", "").split())
-    sys.exit(f"cifar_jax: error: bad --config override: {message}. The keys are "
-             "those of configs/base.py plus the model file's.")
+parse_flags = cli.flags_parser("cifar_jax")
 
 
 def main(argv):

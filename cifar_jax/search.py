@@ -55,6 +55,8 @@ import ml_collections  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cifar_jax import cli  # noqa: E402
+
 MODEL_NAME = "resnet_budget"
 # The `resnet_budget` fields a design sets (one entry per stage, but the pool).
 DESIGN_FIELDS = ("stage_sizes", "widths", "kernel_sizes", "skip_kernel_sizes", "pool_size")
@@ -692,17 +694,6 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parser; a bad `--config.<key>` override exits with one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.exit(f"cifar_jax.search: error: {e}\nPass --help for the flags.")
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    message = " ".join(str(e).replace("\\n", "\n").replace("\\'", "").replace("'", "").split())
-    sys.exit(f"cifar_jax.search: error: bad --config override: {message.rstrip('.')}")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -722,4 +713,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.flags_parser("cifar_jax.search"))
