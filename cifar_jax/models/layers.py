@@ -1,7 +1,8 @@
 """Building blocks shared by several model families: norm, activations,
-conv-norm-act units and stochastic depth."""
+conv-norm-act units, stochastic depth, pooling and the transformer MLP."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -107,3 +108,24 @@ def max_pool(x: jnp.ndarray, size: int = 2) -> jnp.ndarray:
   h, w = h - h % size, w - w % size  # VALID: drop the incomplete border
   x = x[:, :h, :w, :]
   return x.reshape(b, h // size, size, w // size, size, c).max(axis=(2, 4))
+
+
+# Transformers (ViT, Swin) initialise dense layers from a truncated normal of
+# std 0.02, as their reference implementations do.
+transformer_dense_init = nn.initializers.truncated_normal(0.02)
+TransformerDense = functools.partial(nn.Dense, kernel_init=transformer_dense_init)
+
+
+class TransformerMlp(nn.Module):
+  """The transformer feed-forward block: dense, GELU, dropout, dense, dropout."""
+  hidden: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    features = x.shape[-1]
+    x = nn.gelu(TransformerDense(self.hidden, dtype=self.dtype)(x), approximate=False)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = TransformerDense(features, dtype=self.dtype)(x)
+    return nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -31,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from cifar_jax import models
+from cifar_jax.models import layers
 from cifar_jax.models.layers import DropPath
 
-_dense_init = nn.initializers.truncated_normal(0.02)
-_Dense = functools.partial(nn.Dense, kernel_init=_dense_init)
+_dense_init = layers.transformer_dense_init
+_Dense = layers.TransformerDense
 _LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5)
 
 
@@ -106,20 +107,6 @@ class WindowAttention(nn.Module):
     return nn.Dropout(self.proj_drop_rate, deterministic=not train)(x)
 
 
-class Mlp(nn.Module):
-  hidden: int
-  drop_rate: float = 0.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    c = x.shape[-1]
-    x = nn.gelu(_Dense(self.hidden, dtype=self.dtype)(x), approximate=False)
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = _Dense(c, dtype=self.dtype)(x)
-    return nn.Dropout(self.drop_rate, deterministic=not train)(x)
-
-
 class SwinBlock(nn.Module):
   num_heads: int
   window_size: int
@@ -154,7 +141,7 @@ class SwinBlock(nn.Module):
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
     y = _LayerNorm(dtype=self.dtype)(x)
-    y = Mlp(int(c * self.mlp_ratio), self.drop_rate, self.dtype)(y, train)
+    y = layers.TransformerMlp(int(c * self.mlp_ratio), self.drop_rate, self.dtype)(y, train)
     return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
 

@@ -25,10 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from cifar_jax import models
+from cifar_jax.models import layers
 from cifar_jax.models.layers import DropPath
 
-_dense_init = nn.initializers.truncated_normal(0.02)
-_Dense = functools.partial(nn.Dense, kernel_init=_dense_init)
+_dense_init = layers.transformer_dense_init
+_Dense = layers.TransformerDense
 _LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6)
 
 
@@ -69,10 +70,7 @@ class EncoderBlock(nn.Module):
                       self.dtype)(y, train)
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
     y = _LayerNorm(dtype=self.dtype)(x)
-    y = nn.gelu(_Dense(int(c * self.mlp_ratio), dtype=self.dtype)(y), approximate=False)
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = _Dense(c, dtype=self.dtype)(y)
-    y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = layers.TransformerMlp(int(c * self.mlp_ratio), self.dropout_rate, self.dtype)(y, train)
     return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
 
