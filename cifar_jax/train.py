@@ -329,7 +329,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   par = parallel_lib.DataParallel(config.parallel)
   par.check_batch_size(config.batch_size)
   steps_in_epoch = optim.steps_per_epoch(len(train_split), config.batch_size)
-  total_steps = steps_in_epoch * config.num_epochs
 
   model = create_model(config, par.axis_name)
   tx, learning_rate_fn = optim.create_optimizer(config, steps_in_epoch)
@@ -371,6 +370,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         f"device(s) ({par.mode}), {steps_in_epoch} steps/epoch, compiled in {compile_s:.1f}s",
         file=sys.stderr)
 
+  if step >= steps_in_epoch * config.num_epochs:
+    print(f"{workdir} already holds a run trained for {config.num_epochs} epochs; "
+          "raise --config.num_epochs to train on, or evaluate it with --mode=eval.",
+          file=sys.stderr)
   writer = writers.MetricWriter(workdir, config)
   record: dict[str, Any] = {}
   stop = _StopRequest()
