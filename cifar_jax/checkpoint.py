@@ -36,7 +36,10 @@ class Checkpointer:
 
     def manager(sub: str, keep: int) -> ocp.CheckpointManager:
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=not read_only, read_only=read_only,
+          # Read-only managers must not prune or save (orbax warns otherwise).
+          max_to_keep=None if read_only else keep,
+          save_interval_steps=0 if read_only else 1,
+          create=not read_only, read_only=read_only,
           enable_async_checkpointing=False)  # steps donate the state's buffers
       return ocp.CheckpointManager(self.workdir / sub, options=options)
 
