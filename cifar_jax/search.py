@@ -42,6 +42,7 @@ import copy
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -581,7 +582,11 @@ def _run_ray(config, workdir: Path, pending: list[dict], train_split, eval_split
                                   max_concurrent_trials=s.max_concurrent or None),
       run_config=tune.RunConfig(name="search", storage_path=str(workdir / "ray_results"),
                                 callbacks=[Recorder()], verbose=s.ray_verbose))
-  tuner.fit()
+  sigint_handler = signal.getsignal(signal.SIGINT)
+  try:
+    tuner.fit()
+  finally:  # Ray Tune installs its own Ctrl-C handler and leaves it behind.
+    signal.signal(signal.SIGINT, sigint_handler)
   for trial in failed:
     logging.warning("Ray trial %s failed; it is retried by the next run.", trial)
   return len(failed)

@@ -7,6 +7,7 @@ With seed 0 and a 3,000-parameter budget, candidates 0, 1 and 3 are over the
 budget and 2, 4, 5, 6, ... are trials t0002, t0004, t0005, t0006, ...
 """
 import json
+import signal
 
 import pytest
 from absl import flags
@@ -196,8 +197,10 @@ def test_ray_backend_runs_the_trials_and_records_them(search_config, splits, tmp
   config = search_config
   config.search.backend = "ray"
   ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+  sigint_handler = signal.getsignal(signal.SIGINT)
   try:
     result = search.run_search(config, tmp_path, **splits)
+    assert signal.getsignal(signal.SIGINT) is sigint_handler  # Ray's is not left behind
   finally:
     ray.shutdown()
   rows = search.read_trials(tmp_path)

@@ -137,12 +137,13 @@ def test_ctrl_c_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
       signal.raise_signal(signal.SIGINT)  # what a user's Ctrl-C sends
 
   monkeypatch.setattr(metrics_lib.Accumulator, "add", add_then_interrupt)
+  handler_before = signal.getsignal(signal.SIGINT)
   record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
                                     eval_split=None)
   assert record == {}
   _, meta = _params(tmp_path, tiny_config)
   assert meta["step"] == 2
-  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert signal.getsignal(signal.SIGINT) is handler_before  # restored after the run
 
 
 def test_checkpoint_of_another_model_fails_clearly(tiny_config, tmp_path):
