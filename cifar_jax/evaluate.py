@@ -9,7 +9,6 @@ the report), and logs the confusion matrix as an image to TensorBoard.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ MAX_MISTAKES_SAVED = 64
 
 def safe_split_name(split: str) -> str:
   """'train[45000:]' -> 'train_45000_': usable in a file name."""
-  return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]", "_", split)).strip("_") or "split"
+  return writers.file_safe_name(split, "split")
 
 
 def eval_file(workdir: str | Path, split: str) -> Path:

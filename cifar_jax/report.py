@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +31,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-METRICS_FILE = "metrics.jsonl"  # = writers.METRICS_FILE, without importing jax here
+from cifar_jax import writers  # jax-free, so the report starts fast
+
+METRICS_FILE = writers.METRICS_FILE
 MISTAKES_SUFFIX = "_mistakes"
 
 
@@ -93,7 +94,7 @@ class RunData:
 
 def safe_name(name: str) -> str:
   """A workdir basename usable in a file name: 'my run/1' -> 'my_run_1'."""
-  return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]", "_", name)).strip("_.") or "run"
+  return writers.file_safe_name(name, "run")
 
 
 def is_validation(split: str | None) -> bool:

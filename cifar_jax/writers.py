@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def file_safe_name(name: str, default: str) -> str:
+  """`name` made usable in a file name: 'train[45000:]' -> 'train_45000'."""
+  return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]", "_", name)).strip("_.") or default
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
