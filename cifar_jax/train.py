@@ -26,6 +26,7 @@ from flax.training import train_state
 
 from cifar_jax import augment
 from cifar_jax import checkpoint
+from cifar_jax import cpu_conv
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
 from cifar_jax import models
@@ -60,6 +61,15 @@ def create_model(config: ml_collections.ConfigDict, bn_axis_name: str | None = N
   return models.get_model(config.model.name, num_classes=config.dataset.num_classes,
                           dtype=compute_dtype(config), bn_axis_name=bn_axis_name,
                           **options)
+
+
+def select_conv_backend(config: ml_collections.ConfigDict,
+                        par: parallel_lib.DataParallel) -> str:
+  """Chooses oneDNN or XLA convolutions for the steps traced from now on
+  (`config.conv_backend`); returns the name of the one in use."""
+  onednn = cpu_conv.configure(config.conv_backend, num_devices=par.num_devices,
+                              parallel=par.mode)
+  return "onednn" if onednn else "xla"
 
 
 def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
@@ -330,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   par.check_batch_size(config.batch_size)
   steps_in_epoch = optim.steps_per_epoch(len(train_split), config.batch_size)
 
+  conv_backend = select_conv_backend(config, par)
   model = create_model(config, par.axis_name)
   tx, learning_rate_fn = optim.create_optimizer(config, steps_in_epoch)
   # A restored checkpoint overwrites the data init's work; it costs ~1 s.
@@ -367,7 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                      data=train_data)
     compile_s += train_loss_evaluator.compile_s
   print(f"{config.model.name}: {meta['param_count']:,} parameters, {par.num_devices} "
-        f"device(s) ({par.mode}), {steps_in_epoch} steps/epoch, compiled in {compile_s:.1f}s",
+        f"device(s) ({par.mode}), {conv_backend} convolutions, {steps_in_epoch} steps/epoch, "
+        f"compiled in {compile_s:.1f}s",
         file=sys.stderr)
 
   if step >= steps_in_epoch * config.num_epochs:

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.half_precision = False  # bf16 compute, fp32 params and BN statistics
   config.parallel = "jit"  # "jit" (sharded over all devices) or "pmap"
+  # Convolutions: "auto" runs them with oneDNN on CPU when possible (several
+  # times faster than XLA:CPU; see cifar_jax/cpu_conv.py), "xla" never,
+  # "onednn" insists and fails with the reason when it cannot.
+  config.conv_backend = "auto"
   config.label_smoothing = 0.0
   config.log_every_steps = 50
   config.eval_every_epochs = 1

@@ -4,7 +4,7 @@
 
 One JSON line per model (or a table without --json):
   {"model", "batch", "img_per_s" (train step after compile), "eval_img_per_s",
-   "compile_s", "input_img_per_s", "devices", "dtype", "params"}
+   "compile_s", "input_img_per_s", "devices", "dtype", "conv", "params"}
 
 The data are random uint8 images on the device, which costs exactly what real
 CIFAR batches cost once loaded. `input_img_per_s` times what feeds the step:
@@ -35,7 +35,7 @@ from cifar_jax import parallel as parallel_lib  # noqa: E402
 from cifar_jax import train  # noqa: E402
 
 
-def model_config(name: str, half_precision: bool, parallel: str):
+def model_config(name: str, half_precision: bool, parallel: str, conv_backend: str = "auto"):
   """configs/<name>.py when it exists, else the base config with that model."""
   try:
     config = importlib.import_module(f"configs.{name}").get_config()
@@ -44,6 +44,7 @@ def model_config(name: str, half_precision: bool, parallel: str):
     config.model.name = name
   config.half_precision = half_precision
   config.parallel = parallel
+  config.conv_backend = conv_backend
   return config
 
 
@@ -57,11 +58,12 @@ def _timed(fn, repeats: int) -> float:
 
 
 def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = False,
-              parallel: str = "jit") -> dict:
-  config = model_config(name, half_precision, parallel)
+              parallel: str = "jit", conv_backend: str = "auto") -> dict:
+  config = model_config(name, half_precision, parallel, conv_backend)
   config.batch_size = config.eval_batch_size = batch
   train.setup_compilation_cache(config)
   par = parallel_lib.DataParallel(config.parallel)
+  conv_backend = train.select_conv_backend(config, par)
   model = train.create_model(config, par.axis_name)
   tx, _ = optim.create_optimizer(config, 100)
   state = train.create_train_state(config, model, tx)
@@ -113,7 +115,8 @@ def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = Fal
   return {"model": name, "batch": batch, "img_per_s": round(batch / train_s, 1),
           "eval_img_per_s": round(batch / eval_s, 1), "compile_s": round(compile_s, 2),
           "input_img_per_s": round(batch / input_s, 1), "devices": par.num_devices,
-          "dtype": "bfloat16" if half_precision else "float32", "params": params}
+          "dtype": "bfloat16" if half_precision else "float32", "conv": conv_backend,
+          "params": params}
 
 
 def main(argv=None):
@@ -123,17 +126,20 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=10, help="timed train steps per model")
   parser.add_argument("--half_precision", action="store_true", help="bf16 compute")
   parser.add_argument("--parallel", default="jit", choices=["jit", "pmap"])
+  parser.add_argument("--conv_backend", default="auto", choices=["auto", "onednn", "xla"],
+                      help="convolution implementation (config.conv_backend)")
   parser.add_argument("--json", action="store_true", help="one JSON line per model")
   args = parser.parse_args(argv)
   rows = []
   for name in args.models.split(","):
-    row = benchmark(name, args.batch, args.steps, args.half_precision, args.parallel)
+    row = benchmark(name, args.batch, args.steps, args.half_precision, args.parallel,
+                    args.conv_backend)
     rows.append(row)
     if args.json:
       print(json.dumps(row), flush=True)
   if not args.json:
     columns = ["model", "batch", "img_per_s", "eval_img_per_s", "input_img_per_s",
-               "compile_s", "devices", "dtype", "params"]
+               "compile_s", "devices", "dtype", "conv", "params"]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for r in rows:

@@ -39,30 +39,37 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--half_precision", action="store_true", help="JAX in bf16")
+  parser.add_argument("--conv_backends", default="auto",
+                      help="comma-separated JAX convolution backends to time (auto, onednn, xla)")
   args = parser.parse_args(argv)
 
-  ratios: dict[str, list[float]] = {m: [] for m in args.models.split(",")}
-  rows = []
+  backends = args.conv_backends.split(",")
+  ratios: dict[tuple[str, str], list[float]] = {
+      (m, b): [] for m in args.models.split(",") for b in backends}
   for round_index in range(args.rounds):
-    for model in ratios:
-      jax_cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), f"--models={model}",
-                 f"--batch={args.batch}", f"--steps={args.steps}", "--json"]
-      if args.half_precision:
-        jax_cmd.append("--half_precision")
-      jax_row = _run_json_lines(jax_cmd)[0]
+    for model in args.models.split(","):
+      jax_rows = []
+      for backend in backends:
+        jax_cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), f"--models={model}",
+                   f"--batch={args.batch}", f"--steps={args.steps}", "--json",
+                   f"--conv_backend={backend}"]
+        if args.half_precision:
+          jax_cmd.append("--half_precision")
+        jax_rows.append(_run_json_lines(jax_cmd)[0])
       torch_row = _run_json_lines([args.torch_python, args.torch_script, f"--models={model}",
                                    f"--modes={args.torch_mode}", f"--batch={args.batch}",
                                    f"--steps={args.steps}"])[0]
-      ratio = jax_row["img_per_s"] / torch_row["img_per_s"]
-      ratios[model].append(ratio)
-      row = {"round": round_index, "model": model, "jax_img_per_s": jax_row["img_per_s"],
-             "jax_dtype": jax_row["dtype"], "torch_img_per_s": torch_row["img_per_s"],
-             "torch_mode": args.torch_mode, "ratio": round(ratio, 3)}
-      rows.append(row)
-      print(json.dumps(row), flush=True)
-  print(f"\n{'model':<12} {'JAX / PyTorch (' + args.torch_mode + ')':<28} median")
-  for model, values in ratios.items():
-    print(f"{model:<12} {', '.join(f'{v:.2f}' for v in values):<28} "
+      for backend, jax_row in zip(backends, jax_rows):
+        ratio = jax_row["img_per_s"] / torch_row["img_per_s"]
+        ratios[(model, backend)].append(ratio)
+        print(json.dumps({
+            "round": round_index, "model": model, "jax_img_per_s": jax_row["img_per_s"],
+            "jax_dtype": jax_row["dtype"], "jax_conv": jax_row["conv"],
+            "torch_img_per_s": torch_row["img_per_s"], "torch_mode": args.torch_mode,
+            "ratio": round(ratio, 3)}), flush=True)
+  print(f"\n{'model':<12} {'conv':<8} {'JAX / PyTorch (' + args.torch_mode + ')':<28} median")
+  for (model, backend), values in ratios.items():
+    print(f"{model:<12} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "
           f"{statistics.median(values):.2f}")
 
 

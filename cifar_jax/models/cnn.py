@@ -46,7 +46,7 @@ class SixConvNet(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     for i, features in enumerate(self.widths):
-      x = nn.relu(nn.Conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x))
+      x = nn.relu(layers.Conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x))
       if i % 2 == 1:
         x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
@@ -66,9 +66,9 @@ class SimpleCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
-    x = nn.relu(nn.Conv(self.widths[0], (5, 5), padding="VALID", dtype=self.dtype)(x))
+    x = nn.relu(layers.Conv(self.widths[0], (5, 5), padding="VALID", dtype=self.dtype)(x))
     x = layers.max_pool(x, 2)
-    x = nn.relu(nn.Conv(self.widths[1], (3, 3), padding="VALID", dtype=self.dtype)(x))
+    x = nn.relu(layers.Conv(self.widths[1], (3, 3), padding="VALID", dtype=self.dtype)(x))
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for features in self.hidden:
@@ -97,7 +97,7 @@ class DeepCNN(nn.Module):
                              self.bn_axis_name, use_affine=False)
     x = x.astype(self.dtype)
     for i, features in enumerate(self.widths):
-      x = nn.Conv(features, (3, 3), padding="VALID", dtype=self.dtype)(x)
+      x = layers.Conv(features, (3, 3), padding="VALID", dtype=self.dtype)(x)
       if i in (0, 4):
         x = norm()(x)
       x = nn.relu(x)

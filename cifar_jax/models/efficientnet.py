@@ -58,8 +58,8 @@ class SqueezeExcite(nn.Module):
   @nn.compact
   def __call__(self, x):
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = self.act(nn.Conv(self.squeeze_features, (1, 1), dtype=x.dtype)(s))
-    s = nn.sigmoid(nn.Conv(x.shape[-1], (1, 1), dtype=x.dtype)(s))
+    s = self.act(layers.Conv(self.squeeze_features, (1, 1), dtype=x.dtype)(s))
+    s = nn.sigmoid(layers.Conv(x.shape[-1], (1, 1), dtype=x.dtype)(s))
     return x * s
 
 

@@ -1,5 +1,5 @@
-"""Building blocks shared by several model families: norm, activations,
-conv-norm-act units, stochastic depth, pooling and the transformer MLP."""
+"""Building blocks shared by several model families: the convolution, norm,
+activations, conv-norm-act units, stochastic depth, pooling and the transformer MLP."""
 from __future__ import annotations
 
 import functools
@@ -8,6 +8,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cifar_jax import cpu_conv
+
+# flax's Conv with the convolution chosen by cpu_conv (oneDNN on CPU when
+# enabled, else XLA); parameters and names are those of nn.Conv.
+Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
 
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "relu": nn.relu,
@@ -66,7 +72,7 @@ class ConvNormAct(nn.Module):
     if self.kernel_size % 2 != 1:
       raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
     pad = self.kernel_size // 2
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), self.strides,
+    x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides,
                 padding=pad, feature_group_count=self.groups,
                 use_bias=self.norm is None, dtype=x.dtype)(x)
     if self.norm is not None:

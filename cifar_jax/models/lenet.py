@@ -24,7 +24,7 @@ class LeNet5(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     for features in (6, 16):
-      x = nn.relu(nn.Conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x))
+      x = nn.relu(layers.Conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x))
       x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
     for features in (120, 84):

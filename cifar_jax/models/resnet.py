@@ -37,10 +37,10 @@ class BasicBlock(nn.Module):
     k = self.kernel_size
     if k % 2 != 1:
       raise ValueError(f"kernel_size must be odd, got {k}")
-    y = nn.Conv(self.features, (k, k), self.strides, padding=k // 2,
+    y = layers.Conv(self.features, (k, k), self.strides, padding=k // 2,
                 use_bias=False, dtype=x.dtype)(x)
     y = self.act(self.norm()(y))
-    y = nn.Conv(self.features, (k, k), padding=k // 2, use_bias=False,
+    y = layers.Conv(self.features, (k, k), padding=k // 2, use_bias=False,
                 dtype=x.dtype)(y)
     y = self.norm()(y)
     return self.act(y + _shortcut(x, self.features, self.strides, self.norm,
@@ -57,12 +57,12 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     out = self.features * self.expansion
-    y = self.act(self.norm()(nn.Conv(self.features, (1, 1), use_bias=False,
+    y = self.act(self.norm()(layers.Conv(self.features, (1, 1), use_bias=False,
                                      dtype=x.dtype)(x)))
-    y = nn.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
+    y = layers.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
                 dtype=x.dtype)(y)
     y = self.act(self.norm()(y))
-    y = self.norm()(nn.Conv(out, (1, 1), use_bias=False, dtype=x.dtype)(y))
+    y = self.norm()(layers.Conv(out, (1, 1), use_bias=False, dtype=x.dtype)(y))
     return self.act(y + _shortcut(x, out, self.strides, self.norm))
 
 
@@ -72,7 +72,7 @@ def _shortcut(x, features: int, strides: int, norm, kernel_size: int = 1):
     return x
   if kernel_size % 2 != 1:
     raise ValueError(f"skip kernel_size must be odd, got {kernel_size}")
-  y = nn.Conv(features, (kernel_size, kernel_size), strides,
+  y = layers.Conv(features, (kernel_size, kernel_size), strides,
               padding=kernel_size // 2, use_bias=False, dtype=x.dtype)(x)
   return norm()(y)
 
@@ -92,7 +92,7 @@ class ResNet(nn.Module):
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     x = x.astype(self.dtype)
-    x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    x = layers.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
     x = act(norm()(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):

@@ -58,7 +58,7 @@ class ResNetBudget(nn.Module):
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     x = x.astype(self.dtype)
-    x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    x = layers.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
     x = act(norm()(x))
     for stage in range(n):
       for b in range(self.stage_sizes[stage]):

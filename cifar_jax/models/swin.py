@@ -179,7 +179,7 @@ class SwinTransformer(nn.Module):
                        "need one entry per stage")
     x = x.astype(self.dtype)
     p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
+    x = layers.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
                 dtype=self.dtype, name="patch_embed")(x)
     x = _LayerNorm(dtype=self.dtype, name="patch_norm")(x)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)

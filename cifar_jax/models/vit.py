@@ -91,7 +91,7 @@ class VisionTransformer(nn.Module):
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     p = self.patch_size
-    x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
+    x = layers.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
                 dtype=self.dtype, name="patch_embed")(x)
     b = x.shape[0]
     x = x.reshape(b, -1, self.embed_dim)

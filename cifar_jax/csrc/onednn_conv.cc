@@ -1,0 +1,239 @@
+// oneDNN 2-D convolutions for XLA:CPU, exposed as three XLA FFI handlers.
+//
+// XLA:CPU runs convolutions, and above all their weight gradients, several
+// times slower than oneDNN (the library PyTorch uses on CPUs). The Python side
+// (cifar_jax/cpu_conv.py) calls these handlers from a custom VJP:
+//   OnednnConvForward(x, w) -> y
+//   OnednnConvBackwardData(dy, w) -> dx
+//   OnednnConvBackwardWeights(x, dy) -> dw
+// Activations are NHWC and kernels HWIO, float32, no dilation, one group.
+// Attributes: stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right.
+//
+// The module is also a Python extension (cifar_jax._onednn_conv) whose
+// attributes are PyCapsules of the handlers, for jax.ffi.register_ffi_target.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+using Type = dnnl::memory::data_type;
+
+namespace {
+
+enum class Direction { kForward, kBackwardData, kBackwardWeights };
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Shapes of one convolution. oneDNN describes tensors as NCHW / OIHW whatever
+// their memory layout; the layout is given by the format tag.
+struct Geometry {
+  int64_t n, h, w, c;  // input, NHWC
+  int64_t kh, kw, o;   // kernel, HWIO
+  int64_t oh, ow;      // output spatial size
+  int64_t stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right;
+
+  memory::desc Activations(Tag tag = Tag::nhwc) const {
+    return memory::desc({n, c, h, w}, Type::f32, tag);
+  }
+  memory::desc Output() const { return memory::desc({n, o, oh, ow}, Type::f32, Tag::nhwc); }
+  memory::desc Weights(Tag tag) const { return memory::desc({o, c, kh, kw}, Type::f32, tag); }
+  memory::dims Strides() const { return {stride_h, stride_w}; }
+  memory::dims PadLow() const { return {pad_top, pad_left}; }
+  memory::dims PadHigh() const { return {pad_bottom, pad_right}; }
+
+  std::string Key(Direction direction) const {
+    std::string key = std::to_string(static_cast<int>(direction));
+    for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, stride_h, stride_w, pad_top,
+                      pad_left, pad_bottom, pad_right}) {
+      key += "," + std::to_string(v);
+    }
+    return key;
+  }
+};
+
+// A compiled primitive for one (direction, geometry), plus the reorder between
+// the caller's HWIO kernel and the blocked layout oneDNN picked for it.
+// Creating a primitive JIT-compiles a kernel: far too slow for every step.
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc weights;     // the layout the primitive uses
+  memory::desc scratchpad;  // user-managed, so concurrent calls never share one
+  bool reorder_weights = false;
+  dnnl::reorder weights_reorder;  // user -> primitive (or back, for gradients)
+};
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+std::shared_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
+  auto plan = std::make_shared<Plan>();
+  const memory::desc user_weights = g.Weights(Tag::hwio);
+  const memory::desc any_weights = g.Weights(Tag::any);
+  // The backward primitives take the forward one as a hint.
+  dnnl::convolution_forward::primitive_desc forward(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      g.Activations(), any_weights, g.Output(), g.Strides(), g.PadLow(), g.PadHigh(),
+      UserScratchpad());
+  if (direction == Direction::kForward) {
+    plan->conv = dnnl::convolution_forward(forward);
+    plan->weights = forward.weights_desc();
+    plan->scratchpad = forward.scratchpad_desc();
+  } else if (direction == Direction::kBackwardData) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, g.Activations(), any_weights,
+        g.Output(), g.Strides(), g.PadLow(), g.PadHigh(), forward, UserScratchpad());
+    plan->conv = dnnl::convolution_backward_data(pd);
+    plan->weights = pd.weights_desc();
+    plan->scratchpad = pd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        Engine(), dnnl::algorithm::convolution_direct, g.Activations(), any_weights,
+        g.Output(), g.Strides(), g.PadLow(), g.PadHigh(), forward, UserScratchpad());
+    plan->conv = dnnl::convolution_backward_weights(pd);
+    plan->weights = pd.diff_weights_desc();
+    plan->scratchpad = pd.scratchpad_desc();
+  }
+  if (plan->weights != user_weights) {
+    plan->reorder_weights = true;
+    plan->weights_reorder = direction == Direction::kBackwardWeights
+        ? dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), plan->weights, Engine(),
+                                                      user_weights))
+        : dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), user_weights, Engine(),
+                                                      plan->weights));
+  }
+  return plan;
+}
+
+std::shared_ptr<Plan> GetPlan(Direction direction, const Geometry& g) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
+  const std::string key = g.Key(direction);
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  auto plan = MakePlan(direction, g);
+  plans.emplace(key, plan);
+  return plan;
+}
+
+// `activations` is x (forward, backward-weights) or dx (backward-data),
+// `output` is y (forward) or dy (backward), `weights` is w or dw.
+ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* weights,
+               void* output) {
+  try {
+    auto plan = GetPlan(direction, g);
+    dnnl::stream stream(Engine());
+    memory user_weights(g.Weights(Tag::hwio), Engine(), weights);
+    memory primitive_weights =
+        plan->reorder_weights ? memory(plan->weights, Engine()) : user_weights;
+    std::vector<uint8_t> scratch(plan->scratchpad.get_size());
+    memory scratchpad(plan->scratchpad, Engine(), scratch.data());
+    memory act(g.Activations(), Engine(), activations);
+    memory out(g.Output(), Engine(), output);
+    if (direction == Direction::kForward) {
+      if (plan->reorder_weights) plan->weights_reorder.execute(stream, user_weights, primitive_weights);
+      plan->conv.execute(stream, {{DNNL_ARG_SRC, act}, {DNNL_ARG_WEIGHTS, primitive_weights},
+                                  {DNNL_ARG_DST, out}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (direction == Direction::kBackwardData) {
+      if (plan->reorder_weights) plan->weights_reorder.execute(stream, user_weights, primitive_weights);
+      plan->conv.execute(stream, {{DNNL_ARG_DIFF_SRC, act}, {DNNL_ARG_WEIGHTS, primitive_weights},
+                                  {DNNL_ARG_DIFF_DST, out}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {
+      plan->conv.execute(stream, {{DNNL_ARG_SRC, act}, {DNNL_ARG_DIFF_WEIGHTS, primitive_weights},
+                                  {DNNL_ARG_DIFF_DST, out}, {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (plan->reorder_weights) plan->weights_reorder.execute(stream, primitive_weights, user_weights);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal,
+                      std::string("oneDNN convolution failed: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
+                      ffi::Span<const int64_t> y, int64_t stride_h, int64_t stride_w,
+                      int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
+                      int64_t pad_right) {
+  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
+                  stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right};
+}
+
+using F32 = ffi::Buffer<ffi::F32, 4>;
+using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
+
+ffi::Error Forward(F32 x, F32 w, F32Result y, int64_t sh, int64_t sw, int64_t pt,
+                   int64_t pl, int64_t pb, int64_t pr) {
+  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr);
+  return Run(Direction::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+}
+
+ffi::Error BackwardData(F32 dy, F32 w, F32Result dx, int64_t sh, int64_t sw, int64_t pt,
+                        int64_t pl, int64_t pb, int64_t pr) {
+  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr);
+  return Run(Direction::kBackwardData, g, dx->untyped_data(), w.untyped_data(),
+             dy.untyped_data());
+}
+
+ffi::Error BackwardWeights(F32 x, F32 dy, F32Result dw, int64_t sh, int64_t sw, int64_t pt,
+                           int64_t pl, int64_t pb, int64_t pr) {
+  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr);
+  return Run(Direction::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(),
+             dy.untyped_data());
+}
+
+}  // namespace
+
+#define CONV_BINDING()                                                       \
+  ffi::Ffi::Bind()                                                           \
+      .Arg<F32>()                                                            \
+      .Arg<F32>()                                                            \
+      .Ret<F32>()                                                            \
+      .Attr<int64_t>("stride_h")                                             \
+      .Attr<int64_t>("stride_w")                                             \
+      .Attr<int64_t>("pad_top")                                              \
+      .Attr<int64_t>("pad_left")                                             \
+      .Attr<int64_t>("pad_bottom")                                           \
+      .Attr<int64_t>("pad_right")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, CONV_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData, CONV_BINDING());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights, CONV_BINDING());
+
+static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_onednn_conv",
+                                 "oneDNN convolution handlers for XLA FFI.", -1};
+
+PyMODINIT_FUNC PyInit__onednn_conv(void) {
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  const std::pair<const char*, XLA_FFI_Handler*> handlers[] = {
+      {"OnednnConvForward", OnednnConvForward},
+      {"OnednnConvBackwardData", OnednnConvBackwardData},
+      {"OnednnConvBackwardWeights", OnednnConvBackwardWeights}};
+  for (const auto& [name, handler] : handlers) {
+    PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(handler), nullptr, nullptr);
+    if (capsule == nullptr || PyModule_AddObject(module, name, capsule) < 0) {
+      Py_XDECREF(capsule);
+      Py_DECREF(module);
+      return nullptr;
+    }
+  }
+  return module;
+}
