@@ -12,8 +12,8 @@ registers them and wraps them in a custom VJP with the exact signature of
 
 Which implementation runs is a process-wide choice made when a run starts
 (`configure`, from `config.conv_backend`) and read while a step is traced.
-Convolutions oneDNN does not cover here (bf16, grouped or dilated ones,
-other layouts) always go to `lax.conv_general_dilated`, as does everything on
+Convolutions oneDNN does not cover here (grouped or dilated ones, mixed
+dtypes, other layouts) always go to `lax.conv_general_dilated`, as does everything on
 GPUs and TPUs. A custom call has no sharding rule, so under `parallel=jit`
 with more than one device the choice falls back to XLA; `pmap` traces one
 device's program and keeps oneDNN.
@@ -131,7 +131,7 @@ def _attributes(strides, padding) -> dict[str, np.int64]:
 
 
 def _call(name: str, shape, *operands, strides, padding):
-  result = jax.ShapeDtypeStruct(shape, jnp.float32)
+  result = jax.ShapeDtypeStruct(shape, operands[0].dtype)
   return jax.ffi.ffi_call(name, result, vmap_method="sequential")(
       *operands, **_attributes(strides, padding))
 
@@ -145,7 +145,8 @@ def _output_shape(x_shape, w_shape, strides, padding):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_nhwc(x: jax.Array, w: jax.Array, strides: tuple[int, int],
               padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
-  """float32 NHWC x HWIO -> NHWC convolution by oneDNN, explicit padding."""
+  """NHWC x HWIO -> NHWC convolution by oneDNN with explicit padding; float32
+  or bfloat16 (accumulated in float32) operands."""
   return _call("OnednnConvForward", _output_shape(x.shape, w.shape, strides, padding),
                x, w, strides=strides, padding=padding)
 
@@ -168,9 +169,9 @@ def _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
              feature_group_count, batch_group_count, preferred_element_type) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4:
     return False
-  if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
+  if lhs.dtype != rhs.dtype or lhs.dtype not in (jnp.float32, jnp.bfloat16):
     return False
-  if preferred_element_type not in (None, jnp.float32):
+  if preferred_element_type is not None and preferred_element_type != lhs.dtype:
     return False
   if feature_group_count != 1 or batch_group_count != 1:
     return False

@@ -125,6 +125,24 @@ def train_index_plan(num_examples: int, batch_size: int, seed: int, epoch: int,
   return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
+# Seeds the random first side of every image for alternating flips, apart
+# from the stream of the epoch permutations.
+_FLIP_STREAM = 7919
+
+
+def alternating_flips(indices: np.ndarray, num_examples: int, seed: int,
+                      epoch: int) -> np.ndarray:
+  """Which of `indices` to mirror in `epoch` under airbench's alternating flip.
+
+  Every training image gets a random side once (from `seed`); even epochs show
+  it that way and odd epochs mirrored, so each pair of epochs sees both
+  sides of every image, where independent coin flips would leave a quarter of
+  them seen one way only. Bool array shaped like `indices`.
+  """
+  first_side = np.random.default_rng([seed, _FLIP_STREAM]).random(num_examples) < 0.5
+  return first_side[indices] ^ bool(epoch % 2)
+
+
 def mining_weights(losses: np.ndarray, power: float = 1.0,
                    uniform_fraction: float = 0.5) -> np.ndarray:
   """Sampling probabilities for loss-based hard-example mining: proportional

@@ -75,13 +75,17 @@ class DataParallel:
     """Copies whole arrays (e.g. uint8 images, labels) to every device once."""
     return jax.device_put(arrays, self.replicated)
 
-  def make_gather(self) -> Callable[[dict[str, jax.Array], np.ndarray], dict[str, jax.Array]]:
-    """Returns gather(dataset, indices) -> batch, sharded on the batch axis
-    (and split into a leading device axis under pmap)."""
+  def make_gather(self) -> Callable[..., dict[str, jax.Array]]:
+    """Returns gather(dataset, indices, flips=None) -> batch, sharded on the
+    batch axis (and split into a leading device axis under pmap). `flips`
+    (bool per index) mirrors those images left-right (alternating flip)."""
     n, pmap = self.num_devices, self.mode == "pmap"
 
-    def gather(dataset, indices):
+    def gather(dataset, indices, flips=None):
       batch = {k: v[indices] for k, v in dataset.items()}
+      if flips is not None:
+        batch["image"] = jnp.where(flips[:, None, None, None], batch["image"][:, :, ::-1],
+                                   batch["image"])
       if pmap:
         batch = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
       return batch

@@ -254,7 +254,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.num_epochs and config.batch_size must be positive.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f"config.ema_decay must be in [0, 1), not {config.ema_decay}.")
-  augment.parse(config.augment)  # raises on unknown ops
+  ops = augment.parse(config.augment)  # raises on unknown ops
+  if config.alternating_flip and any(name == "flip" for name, _ in ops):
+    raise ValueError("config.alternating_flip replaces the random flip: remove 'flip' "
+                     f"from --config.augment ({config.augment!r}).")
   if config.model.name not in models.model_names():
     models.get_model(config.model.name)  # raises with the list of names
 
@@ -400,14 +403,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                                                   config.hard_mining.uniform_fraction)
         plan = input_pipeline.train_index_plan(len(train_split), config.batch_size,
                                                config.seed, epoch, weights)
+        flips = (input_pipeline.alternating_flips(plan, len(train_split), config.seed, epoch)
+                 if config.alternating_flip else None)
         acc = metrics_lib.Accumulator()
         start = time.perf_counter()
         first_step = step
         with _progress(steps_in_epoch, step - epoch * steps_in_epoch,
                        f"epoch {epoch + 1}/{config.num_epochs}") as bar:
-          for indices in plan[step - epoch * steps_in_epoch:]:
-            state, step_metrics = p_train_step(
-                state, gather(train_data, indices), jax.random.fold_in(base_rng, step))
+          for row in range(step - epoch * steps_in_epoch, steps_in_epoch):
+            batch = gather(train_data, plan[row], None if flips is None else flips[row])
+            state, step_metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
             acc.add(step_metrics)
             step += 1
             bar.update()

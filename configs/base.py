@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Training-time augmentation spec (see cifar_jax/augment.py) and eval TTA.
   config.augment = "crop(pad=4)|flip"
   config.tta = "none"  # none | flip | flip_translate
+  # airbench's alternating flip instead of a random one: each image shows a
+  # random side in even epochs and the other in odd ones (leave `flip` out
+  # of `augment` then).
+  config.alternating_flip = False
 
   config.num_epochs = 30
   config.batch_size = 128  # global, split across devices

@@ -27,3 +27,11 @@ def test_config_builds(name):
   optim.create_optimizer(config, steps_in_epoch=100)
   model = train.create_model(config)
   assert model.num_classes == config.dataset.num_classes
+
+
+def test_alternating_flip_with_a_random_flip_is_rejected():
+  config = importlib.import_module("configs.speedrun").get_config()
+  train.validate_config(config)
+  config.augment = "flip|crop(pad=2, mode='reflect')"
+  with pytest.raises(ValueError, match="alternating_flip replaces the random flip"):
+    train.validate_config(config)

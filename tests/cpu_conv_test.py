@@ -61,6 +61,23 @@ def test_onednn_matches_xla_values_and_gradients(x_shape, w_shape, strides, padd
   np.testing.assert_allclose(got_dw, want_dw, rtol=1e-5, atol=1e-4)
 
 
+@needs_onednn
+def test_bfloat16_convolution_matches_float32_to_bf16_precision():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((4, 16, 16, 32)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((3, 3, 32, 16)) * 0.1, jnp.float32)
+  _, want = _value_and_grads(lax.conv_general_dilated, x, w, (1, 1), "SAME")
+  with cpu_conv.use_onednn(True):
+    y = cpu_conv.conv_general_dilated(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
+                                      (1, 1), "SAME", dimension_numbers=NHWC)
+    _, got = _value_and_grads(cpu_conv.conv_general_dilated, x.astype(jnp.bfloat16),
+                              w.astype(jnp.bfloat16), (1, 1), "SAME")
+  assert y.dtype == jnp.bfloat16
+  for g, r in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    assert float(jnp.max(jnp.abs(g.astype(jnp.float32) - r))) < 0.02 * float(jnp.max(jnp.abs(r)))
+
+
 def _lowered(conv_dtype=jnp.float32, **kwargs):
   x = jnp.ones((2, 8, 8, 4), conv_dtype)
   w = jnp.ones((3, 3, 4 // kwargs.get("feature_group_count", 1), 4), conv_dtype)
@@ -73,7 +90,9 @@ def _lowered(conv_dtype=jnp.float32, **kwargs):
 def test_only_covered_convolutions_go_to_onednn():
   with cpu_conv.use_onednn(True):
     assert "OnednnConvForward" in _lowered()
-    assert "OnednnConvForward" not in _lowered(jnp.bfloat16)          # bf16: XLA
+    assert "OnednnConvForward" in _lowered(jnp.bfloat16)
+    assert "OnednnConvForward" not in _lowered(  # bf16 in, f32 out: XLA
+        jnp.bfloat16, preferred_element_type=jnp.float32)
     assert "OnednnConvForward" not in _lowered(feature_group_count=2)  # grouped: XLA
     assert "OnednnConvForward" not in _lowered(rhs_dilation=(2, 2))    # dilated: XLA
   with cpu_conv.use_onednn(False):

@@ -84,3 +84,35 @@ def test_hard_example_mining_samples_follow_the_losses():
   mixed = input_pipeline.mining_weights(losses, uniform_fraction=0.5)
   assert mixed.min() >= 0.5 / 100
   assert mixed[0] > mixed[50]
+
+
+def test_alternating_flips_show_each_side_every_two_epochs():
+  plan0 = input_pipeline.train_index_plan(1000, 100, seed=3, epoch=0)
+  plan1 = input_pipeline.train_index_plan(1000, 100, seed=3, epoch=1)
+  flips = [input_pipeline.alternating_flips(plan, 1000, seed=3, epoch=e)
+           for e, plan in ((0, plan0), (1, plan1), (2, plan0))]
+  assert flips[0].shape == plan0.shape and flips[0].dtype == bool
+  side = [np.empty(1000, bool) for _ in range(2)]
+  side[0][plan0.ravel()] = flips[0].ravel()
+  side[1][plan1.ravel()] = flips[1].ravel()
+  assert (side[0] != side[1]).all()  # every image mirrored in exactly one of two epochs
+  assert 400 < side[0].sum() < 600  # the first side is a fair coin per image
+  np.testing.assert_array_equal(flips[2], flips[0])  # even epochs repeat epoch 0
+  other_seed = input_pipeline.alternating_flips(plan0, 1000, seed=4, epoch=0)
+  assert (other_seed != flips[0]).any()
+
+
+def test_gather_mirrors_exactly_the_flagged_images():
+  from cifar_jax import parallel
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  par = parallel.DataParallel("jit", 1)
+  data = par.put_dataset({"image": images, "label": np.arange(8, dtype=np.int32)})
+  gather = par.make_gather()
+  indices = np.array([5, 2, 7, 0], np.int32)
+  flips = np.array([True, False, False, True])
+  batch = gather(data, indices, flips)
+  want = images[indices].copy()
+  want[flips] = want[flips][:, :, ::-1]
+  np.testing.assert_array_equal(np.asarray(batch["image"]), want)
+  np.testing.assert_array_equal(np.asarray(gather(data, indices)["image"]), images[indices])

@@ -6,7 +6,8 @@
 //   OnednnConvForward(x, w) -> y
 //   OnednnConvBackwardData(dy, w) -> dx
 //   OnednnConvBackwardWeights(x, dy) -> dw
-// Activations are NHWC and kernels HWIO, float32, no dilation, one group.
+// Activations are NHWC and kernels HWIO, all float32 or all bfloat16 (which
+// oneDNN accumulates in float32), no dilation, one group.
 // Attributes: stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right.
 //
 // The module is also a Python extension (cifar_jax._onednn_conv) whose
@@ -45,18 +46,18 @@ struct Geometry {
   int64_t kh, kw, o;   // kernel, HWIO
   int64_t oh, ow;      // output spatial size
   int64_t stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right;
+  Type type;
 
-  memory::desc Activations(Tag tag = Tag::nhwc) const {
-    return memory::desc({n, c, h, w}, Type::f32, tag);
-  }
-  memory::desc Output() const { return memory::desc({n, o, oh, ow}, Type::f32, Tag::nhwc); }
-  memory::desc Weights(Tag tag) const { return memory::desc({o, c, kh, kw}, Type::f32, tag); }
+  memory::desc Activations() const { return memory::desc({n, c, h, w}, type, Tag::nhwc); }
+  memory::desc Output() const { return memory::desc({n, o, oh, ow}, type, Tag::nhwc); }
+  memory::desc Weights(Tag tag) const { return memory::desc({o, c, kh, kw}, type, tag); }
   memory::dims Strides() const { return {stride_h, stride_w}; }
   memory::dims PadLow() const { return {pad_top, pad_left}; }
   memory::dims PadHigh() const { return {pad_bottom, pad_right}; }
 
   std::string Key(Direction direction) const {
-    std::string key = std::to_string(static_cast<int>(direction));
+    std::string key = std::to_string(static_cast<int>(direction)) + "," +
+                      std::to_string(static_cast<int>(type));
     for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, stride_h, stride_w, pad_top,
                       pad_left, pad_bottom, pad_right}) {
       key += "," + std::to_string(v);
@@ -168,34 +169,51 @@ ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* 
   return ffi::Error::Success();
 }
 
-Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
-                      ffi::Span<const int64_t> y, int64_t stride_h, int64_t stride_w,
-                      int64_t pad_top, int64_t pad_left, int64_t pad_bottom,
-                      int64_t pad_right) {
-  return Geometry{x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
-                  stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right};
+using Buffer = ffi::AnyBuffer;
+using Result = ffi::Result<ffi::AnyBuffer>;
+
+// The geometry of a call whose three buffers are `x` (activations: x or dx),
+// `w` (w or dw) and `y` (y or dy); fails unless they are 4-D and share a
+// supported element type.
+ffi::ErrorOr<Geometry> MakeGeometry(const Buffer& x, const Buffer& w, const Buffer& y,
+                                    int64_t stride_h, int64_t stride_w, int64_t pad_top,
+                                    int64_t pad_left, int64_t pad_bottom, int64_t pad_right) {
+  const ffi::DataType dtype = x.element_type();
+  if (w.element_type() != dtype || y.element_type() != dtype ||
+      (dtype != ffi::DataType::F32 && dtype != ffi::DataType::BF16)) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "oneDNN convolution: operands must all be float32 or all bfloat16"));
+  }
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4) {
+    return ffi::Unexpected(
+        ffi::Error::InvalidArgument("oneDNN convolution: operands must be 4-D"));
+  }
+  return Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
+                  stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right,
+                  dtype == ffi::DataType::F32 ? Type::f32 : Type::bf16};
 }
 
-using F32 = ffi::Buffer<ffi::F32, 4>;
-using F32Result = ffi::ResultBuffer<ffi::F32, 4>;
-
-ffi::Error Forward(F32 x, F32 w, F32Result y, int64_t sh, int64_t sw, int64_t pt,
+ffi::Error Forward(Buffer x, Buffer w, Result y, int64_t sh, int64_t sw, int64_t pt,
                    int64_t pl, int64_t pb, int64_t pr) {
-  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr);
-  return Run(Direction::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
+  auto g = MakeGeometry(x, w, *y, sh, sw, pt, pl, pb, pr);
+  if (g.has_error()) return g.error();
+  return Run(Direction::kForward, *g, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
-ffi::Error BackwardData(F32 dy, F32 w, F32Result dx, int64_t sh, int64_t sw, int64_t pt,
+ffi::Error BackwardData(Buffer dy, Buffer w, Result dx, int64_t sh, int64_t sw, int64_t pt,
                         int64_t pl, int64_t pb, int64_t pr) {
-  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr);
-  return Run(Direction::kBackwardData, g, dx->untyped_data(), w.untyped_data(),
+  auto g = MakeGeometry(*dx, w, dy, sh, sw, pt, pl, pb, pr);
+  if (g.has_error()) return g.error();
+  return Run(Direction::kBackwardData, *g, dx->untyped_data(), w.untyped_data(),
              dy.untyped_data());
 }
 
-ffi::Error BackwardWeights(F32 x, F32 dy, F32Result dw, int64_t sh, int64_t sw, int64_t pt,
+ffi::Error BackwardWeights(Buffer x, Buffer dy, Result dw, int64_t sh, int64_t sw, int64_t pt,
                            int64_t pl, int64_t pb, int64_t pr) {
-  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr);
-  return Run(Direction::kBackwardWeights, g, x.untyped_data(), dw->untyped_data(),
+  auto g = MakeGeometry(x, *dw, dy, sh, sw, pt, pl, pb, pr);
+  if (g.has_error()) return g.error();
+  return Run(Direction::kBackwardWeights, *g, x.untyped_data(), dw->untyped_data(),
              dy.untyped_data());
 }
 
@@ -203,9 +221,9 @@ ffi::Error BackwardWeights(F32 x, F32 dy, F32Result dw, int64_t sh, int64_t sw, 
 
 #define CONV_BINDING()                                                       \
   ffi::Ffi::Bind()                                                           \
-      .Arg<F32>()                                                            \
-      .Arg<F32>()                                                            \
-      .Ret<F32>()                                                            \
+      .Arg<Buffer>()                                                         \
+      .Arg<Buffer>()                                                         \
+      .Ret<Buffer>()                                                         \
       .Attr<int64_t>("stride_h")                                             \
       .Attr<int64_t>("stride_w")                                             \
       .Attr<int64_t>("pad_top")                                              \
