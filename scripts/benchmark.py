@@ -29,6 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import augment  # noqa: E402
+from cifar_jax import cpu_conv  # noqa: E402
 from cifar_jax import input_pipeline  # noqa: E402
 from cifar_jax import optim  # noqa: E402
 from cifar_jax import parallel as parallel_lib  # noqa: E402
@@ -126,7 +127,7 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=10, help="timed train steps per model")
   parser.add_argument("--half_precision", action="store_true", help="bf16 compute")
   parser.add_argument("--parallel", default="jit", choices=["jit", "pmap"])
-  parser.add_argument("--conv_backend", default="auto", choices=["auto", "onednn", "xla"],
+  parser.add_argument("--conv_backend", default="auto", choices=cpu_conv.BACKENDS,
                       help="convolution implementation (config.conv_backend)")
   parser.add_argument("--json", action="store_true", help="one JSON line per model")
   args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ from cifar_jax import cpu_conv
 from cifar_jax import parallel
 from cifar_jax import train
 from conftest import make_split
-from train_test import _run_steps
+from train_test import _run_steps, tiny_resnet_config
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 BUILDS_EXTENSION = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -104,14 +104,7 @@ def test_only_covered_convolutions_go_to_onednn():
 def test_training_steps_match_xla(tiny_config, mode, num_devices):
   """A small BatchNorm ResNet trained 3 steps with oneDNN convolutions (one
   device, or one program per device under pmap) tracks the XLA run."""
-  config = tiny_config
-  config.model.name = "resnet18"
-  config.model.width = 8
-  config.model.stage_sizes = (1, 1)
-  config.augment = ""
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 0.01
-  config.schedule.warmup_epochs = 0.0
+  config = tiny_resnet_config(tiny_config)
   split = make_split(3 * config.batch_size, learnable=True)
   with cpu_conv.use_onednn(False):
     want_losses, want_params = _run_steps(config, "jit", 1, split)

@@ -38,10 +38,9 @@ def _run_steps(config, mode, num_devices, split, num_steps=3):
   return np.array(losses), jax.device_get(par.unreplicate(state).params)
 
 
-@pytest.mark.parametrize("mode,num_devices", [("jit", 4), ("pmap", 4)])
-def test_multi_device_training_matches_one_device(tiny_config, mode, num_devices):
-  assert jax.device_count() >= 4
-  config = tiny_config
+def tiny_resnet_config(config):
+  """`config` set to a small BatchNorm ResNet trained by plain SGD without
+  augmentation: what the step-equivalence tests compare."""
   config.model.name = "resnet18"
   config.model.width = 8  # BatchNorm must see the global batch in every mode
   config.model.stage_sizes = (1, 1)
@@ -49,6 +48,13 @@ def test_multi_device_training_matches_one_device(tiny_config, mode, num_devices
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.01
   config.schedule.warmup_epochs = 0.0
+  return config
+
+
+@pytest.mark.parametrize("mode,num_devices", [("jit", 4), ("pmap", 4)])
+def test_multi_device_training_matches_one_device(tiny_config, mode, num_devices):
+  assert jax.device_count() >= 4
+  config = tiny_resnet_config(tiny_config)
   split = make_split(3 * config.batch_size, learnable=True)
   ref_losses, ref_params = _run_steps(config, "jit", 1, split)
   losses, params = _run_steps(config, mode, num_devices, split)
