@@ -17,6 +17,11 @@ dtypes, other layouts) always go to `lax.conv_general_dilated`, as does everythi
 GPUs and TPUs. A custom call has no sharding rule, so under `parallel=jit`
 with more than one device the choice falls back to XLA; `pmap` traces one
 device's program and keeps oneDNN.
+
+Set the environment variable CIFAR_JAX_ONEDNN_VERBOSE=1 to print, for each
+new convolution geometry, the oneDNN kernel chosen for it (e.g.
+``brgconv:avx512_core_bf16``): the way to see that bf16 runs on native
+bf16 instructions.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 XLA's, the same training steps, fallbacks for what they do not cover, and the
 backend choice with its errors."""
 import platform
+import re
 import sys
 
 import jax
@@ -11,10 +12,12 @@ import pytest
 from jax import lax
 
 from cifar_jax import cpu_conv
+from cifar_jax import models
 from cifar_jax import parallel
 from cifar_jax import train
 from conftest import make_split
 from train_test import _run_steps, tiny_resnet_config
+import models_test
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 BUILDS_EXTENSION = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -147,3 +150,21 @@ def test_run_selects_backend_from_config(tiny_config):
   if cpu_conv.available():
     assert train.select_conv_backend(tiny_config, one) == "onednn" and cpu_conv.enabled()
   cpu_conv.configure("xla", num_devices=1, parallel="jit")
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", models.model_names())
+def test_every_model_sends_its_plain_convolutions_to_onednn(name):
+  """A model that builds its convolutions from `nn.Conv` instead of
+  `layers.Conv` silently trains at XLA's speed: only grouped (depthwise)
+  convolutions may remain XLA convolutions when oneDNN is on."""
+  model = models_test.small_model(name)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  apply = lambda v, x: model.apply(v, x, train=True, mutable=True,  # noqa: E731
+                                   rngs={"dropout": jax.random.key(1)})
+  with cpu_conv.use_onednn(True):
+    text = jax.jit(apply).lower(variables, x).as_text()
+  groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", text)]
+  assert all(g > 1 for g in groups), f"{name}: {groups.count(1)} plain XLA convolution(s)"
+  assert "OnednnConvForward" in text

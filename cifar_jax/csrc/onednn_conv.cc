@@ -16,11 +16,13 @@
 #include <Python.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <string>
 #include <unordered_map>
-#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -111,6 +113,12 @@ std::shared_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
     plan->weights = pd.diff_weights_desc();
     plan->scratchpad = pd.scratchpad_desc();
   }
+  if (std::getenv("CIFAR_JAX_ONEDNN_VERBOSE") != nullptr) {
+    const char* impl = "?";
+    dnnl_primitive_desc_query(plan->conv.get_primitive_desc(), dnnl_query_impl_info_str, 0,
+                              &impl);
+    std::fprintf(stderr, "cifar_jax oneDNN %s: %s\n", g.Key(direction).c_str(), impl);
+  }
   if (plan->weights != user_weights) {
     plan->reorder_weights = true;
     plan->weights_reorder = direction == Direction::kBackwardWeights
@@ -134,6 +142,27 @@ std::shared_ptr<Plan> GetPlan(Direction direction, const Geometry& g) {
   return plan;
 }
 
+// A grow-only scratchpad per calling thread. Each call runs synchronously on
+// its thread, so calls never share one, and large steps do not pay for
+// allocating (and zero-filling) megabytes of scratch on every convolution.
+void* ScratchBuffer(size_t size) {
+  struct Deleter {
+    void operator()(void* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<void, Deleter> buffer;
+  thread_local size_t capacity = 0;
+  if (size > capacity) {
+    buffer.reset();
+    capacity = (size + 63) / 64 * 64;
+    buffer.reset(std::aligned_alloc(64, capacity));
+    if (buffer == nullptr) {
+      capacity = 0;
+      throw std::bad_alloc();
+    }
+  }
+  return buffer.get();
+}
+
 // `activations` is x (forward, backward-weights) or dx (backward-data),
 // `output` is y (forward) or dy (backward), `weights` is w or dw.
 ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* weights,
@@ -144,8 +173,7 @@ ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* 
     memory user_weights(g.Weights(Tag::hwio), Engine(), weights);
     memory primitive_weights =
         plan->reorder_weights ? memory(plan->weights, Engine()) : user_weights;
-    std::vector<uint8_t> scratch(plan->scratchpad.get_size());
-    memory scratchpad(plan->scratchpad, Engine(), scratch.data());
+    memory scratchpad(plan->scratchpad, Engine(), ScratchBuffer(plan->scratchpad.get_size()));
     memory act(g.Activations(), Engine(), activations);
     memory out(g.Output(), Engine(), output);
     if (direction == Direction::kForward) {
@@ -165,6 +193,9 @@ ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* 
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal,
                       std::string("oneDNN convolution failed: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                      "oneDNN convolution: out of memory for its scratchpad");
   }
   return ffi::Error::Success();
 }

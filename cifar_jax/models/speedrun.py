@@ -134,7 +134,7 @@ class ConvGroup(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, self.features, (3, 3), padding=1, use_bias=False,
+    conv = functools.partial(layers.Conv, self.features, (3, 3), padding=1, use_bias=False,
                              dtype=self.dtype, kernel_init=dirac_init)
     x = self.act(self.norm()(layers.max_pool(conv()(x), 2)))
     return self.act(self.norm()(conv()(x)))
