@@ -133,3 +133,28 @@ def test_speedrun_config_trains_and_evaluates_with_tta(tmp_path, compile_cache):
   for weights in (state.batch_stats, state.ema["batch_stats"]):
     np.testing.assert_allclose(weights["whiten"]["kernel"],
                                np.concatenate([filters, -filters], -1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [31, 30, 15, 7, 3])
+def test_padding_before_pool_computes_exactly_what_the_pool_keeps(size):
+  """The reduced padding equals a SAME conv cropped to the pooled region, in
+  values and in the kernel and input gradients."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+  kept = size - size % 2
+
+  def same_then_crop(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y[:, :kept, :kept]
+
+  def reduced(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1), speedrun_model.padding_before_pool(size),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  np.testing.assert_allclose(reduced(x, w), same_then_crop(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
+  for got, want in zip(jax.grad(loss(reduced), (0, 1))(x, w),
+                       jax.grad(loss(same_then_crop), (0, 1))(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
