@@ -142,25 +142,28 @@ std::shared_ptr<Plan> GetPlan(Direction direction, const Geometry& g) {
   return plan;
 }
 
-// A grow-only scratchpad per calling thread. Each call runs synchronously on
-// its thread, so calls never share one, and large steps do not pay for
-// allocating (and zero-filling) megabytes of scratch on every convolution.
-void* ScratchBuffer(size_t size) {
+// Grow-only buffers per calling thread for the scratchpad and for the kernel
+// in oneDNN's layout. Each call runs synchronously on its thread, so calls
+// never share one, and a step does not pay for allocating (and page-faulting)
+// megabytes on every convolution.
+enum class Slot { kScratchpad = 0, kWeights = 1 };
+
+void* ThreadBuffer(Slot slot, size_t size) {
   struct Deleter {
     void operator()(void* p) const { std::free(p); }
   };
-  thread_local std::unique_ptr<void, Deleter> buffer;
-  thread_local size_t capacity = 0;
-  if (size > capacity) {
-    buffer.reset();
-    capacity = (size + 63) / 64 * 64;
-    buffer.reset(std::aligned_alloc(64, capacity));
-    if (buffer == nullptr) {
-      capacity = 0;
-      throw std::bad_alloc();
-    }
+  thread_local std::unique_ptr<void, Deleter> buffers[2];
+  thread_local size_t capacities[2] = {0, 0};
+  const int i = static_cast<int>(slot);
+  if (size > capacities[i]) {
+    buffers[i].reset();
+    capacities[i] = 0;
+    const size_t capacity = (size + 63) / 64 * 64;
+    buffers[i].reset(std::aligned_alloc(64, capacity));
+    if (buffers[i] == nullptr) throw std::bad_alloc();
+    capacities[i] = capacity;
   }
-  return buffer.get();
+  return buffers[i].get();
 }
 
 // `activations` is x (forward, backward-weights) or dx (backward-data),
@@ -172,8 +175,11 @@ ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* 
     dnnl::stream stream(Engine());
     memory user_weights(g.Weights(Tag::hwio), Engine(), weights);
     memory primitive_weights =
-        plan->reorder_weights ? memory(plan->weights, Engine()) : user_weights;
-    memory scratchpad(plan->scratchpad, Engine(), ScratchBuffer(plan->scratchpad.get_size()));
+        plan->reorder_weights
+            ? memory(plan->weights, Engine(), ThreadBuffer(Slot::kWeights, plan->weights.get_size()))
+            : user_weights;
+    memory scratchpad(plan->scratchpad, Engine(),
+                      ThreadBuffer(Slot::kScratchpad, plan->scratchpad.get_size()));
     memory act(g.Activations(), Engine(), activations);
     memory out(g.Output(), Engine(), output);
     if (direction == Direction::kForward) {
