@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -89,6 +90,43 @@ def norm_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(in_norm, params)
 
 
+# A convolution kernel (HWIO) as the matrix Muon orthogonalises: (H*W*I) x O.
+CONV_KERNEL_MATRIX = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2),
+                                                        output_axis=3)
+
+
+def fixed_kernel_norm(eps: float = 1e-12) -> optax.GradientTransformation:
+  """Adds to each update the change that first rescales its kernel to the
+  Frobenius norm sqrt(output channels), as airbench94_muon does before every
+  Muon step. A convolution followed by BatchNorm computes the same function
+  at any kernel scale; pinning the scale pins the effective step size of the
+  orthogonalised (unit-spectral-norm) updates."""
+  def update_fn(updates, state, params):
+    if params is None:
+      raise ValueError("fixed_kernel_norm needs the params.")
+    def rescale(update, p):
+      target = jnp.sqrt(jnp.asarray(p.shape[-1], p.dtype))
+      return update + p * (target / (jnp.linalg.norm(p) + eps) - 1.0)
+    return jax.tree.map(rescale, updates, params), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def muon_for_kernels(learning_rate: optax.ScalarOrSchedule, momentum: float,
+                     ns_steps: int, fixed_norm: bool) -> optax.GradientTransformation:
+  """Muon (Jordan et al., 2024) for 4-D convolution kernels: Nesterov momentum,
+  its (H*W*I) x O matrix orthogonalised by `ns_steps` Newton-Schulz
+  iterations (optax's), times the learning rate; with `fixed_norm`, each
+  kernel is also held at norm sqrt(O) (`fixed_kernel_norm`). No weight decay:
+  with the norm fixed it would do nothing."""
+  every_kernel = lambda tree: jax.tree.map(lambda _: CONV_KERNEL_MATRIX, tree)  # noqa: E731
+  parts = [optax.contrib.scale_by_muon(ns_steps=ns_steps, beta=momentum, nesterov=True,
+                                       weight_dimension_numbers=every_kernel),
+           optax.scale_by_learning_rate(learning_rate)]
+  if fixed_norm:
+    parts.append(fixed_kernel_norm())
+  return optax.chain(*parts)
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns the optimizer and its learning-rate schedule.
@@ -97,19 +135,27 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
   `weight_decay` does); AdamW, LARS and LAMB decouple it. With SGD,
   `norm_lr_multiplier` scales the gradients of normalisation-layer parameters
   before the decay is added: their learning rate, not their weight decay
-  (airbench's `bias_scaler`).
+  (airbench's `bias_scaler`). "muon" trains convolution kernels with Muon
+  (see `muon_for_kernels`) and every other parameter with that same SGD.
   """
   o = config.optimizer
   lr = create_learning_rate_fn(config, steps_in_epoch)
   mask = lambda params: decay_mask(params, o.decay_norm_and_bias)  # noqa: E731
-  if o.norm_lr_multiplier != 1.0 and o.name != "sgd":
+  if o.norm_lr_multiplier != 1.0 and o.name not in ("sgd", "muon"):
     raise ValueError("optimizer.norm_lr_multiplier is only supported with "
-                     f"optimizer.name='sgd', not {o.name!r}.")
-  if o.name == "sgd":
+                     f"optimizer.name='sgd' or 'muon', not {o.name!r}.")
+  if o.name in ("sgd", "muon"):
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
                      optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
     if o.norm_lr_multiplier != 1.0:  # else unchanged, so old checkpoints restore
       tx = optax.chain(optax.masked(optax.scale(o.norm_lr_multiplier), norm_mask), tx)
+    if o.name == "muon":
+      muon_lr = lambda step: lr(step) * (o.muon_learning_rate / peak_learning_rate(config))  # noqa: E731
+      tx = optax.partition(
+          {"muon": muon_for_kernels(muon_lr, o.muon_momentum, o.muon_ns_steps,
+                                    o.muon_fixed_norm),
+           "sgd": tx},
+          lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 4 else "sgd", params))
   elif o.name == "adam":
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
                      optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps))
@@ -123,8 +169,8 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
     tx = optax.lamb(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                     mask=mask)
   else:
-    raise ValueError(f"Unknown optimizer.name {o.name!r}; choose sgd, adam, adamw, "
-                     "lars or lamb.")
+    raise ValueError(f"Unknown optimizer.name {o.name!r}; choose sgd, muon, adam, "
+                     "adamw, lars or lamb.")
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx, lr

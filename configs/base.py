@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_epochs = 1
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"  # sgd | adam | adamw | lars | lamb
+  config.optimizer.name = "sgd"  # sgd | muon | adam | adamw | lars | lamb
   config.optimizer.learning_rate = 0.1  # peak learning rate
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = True
@@ -56,6 +56,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
   config.optimizer.lr_base_batch_size = 0  # >0: lr *= batch_size / this (linear scaling)
   config.optimizer.norm_lr_multiplier = 1.0  # sgd: lr (not decay) factor of norm-layer params
+  # muon: conv kernels take Muon steps (orthogonalised Nesterov momentum) at
+  # this peak lr, on the schedule's shape; every other parameter takes the sgd
+  # settings above. fixed_norm holds each kernel at norm sqrt(out channels).
+  config.optimizer.muon_learning_rate = 0.24
+  config.optimizer.muon_momentum = 0.6
+  config.optimizer.muon_ns_steps = 3
+  config.optimizer.muon_fixed_norm = True
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = "cosine"  # constant | cosine | onecycle | linear_onecycle | piecewise

@@ -144,3 +144,72 @@ def test_norm_lr_multiplier_scales_the_gradient_not_the_decay():
   config.optimizer.name = "adam"
   with pytest.raises(ValueError, match="norm_lr_multiplier"):
     optim.create_optimizer(config, 10)
+
+
+def _muon_config(**optimizer):
+  config = _config(name="linear_onecycle", pct_start=0.5, div_factor=4.0, end_lr_factor=0.0)
+  config.optimizer.name = "muon"
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.muon_momentum = 0.0
+  config.optimizer.muon_ns_steps = 5
+  config.optimizer.muon_fixed_norm = False
+  for k, v in optimizer.items():
+    setattr(config.optimizer, k, v)
+  return config
+
+
+def _conv_and_dense_params():
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  return {"Conv_0": {"kernel": jax.random.normal(keys[0], (3, 3, 8, 16))},
+          "Dense_0": {"kernel": jax.random.normal(keys[1], (16, 10)),
+                      "bias": jax.random.normal(keys[2], (10,))}}
+
+
+def test_muon_orthogonalises_kernel_updates_at_the_scheduled_rate():
+  config = _muon_config(muon_learning_rate=0.2)
+  tx, lr = optim.create_optimizer(config, 10)
+  params = _conv_and_dense_params()
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  muon_lr = 0.2 * float(lr(0)) / 0.1  # the schedule starts at a quarter of its peak
+  assert muon_lr == pytest.approx(0.05)
+  # The (3*3*8) x 16 matrix of the update has every singular value near
+  # muon_lr: Newton-Schulz's approximate orthogonalisation (0.5 to 1.5).
+  singular = np.linalg.svd(np.asarray(updates["Conv_0"]["kernel"]).reshape(72, 16),
+                           compute_uv=False) / muon_lr
+  assert singular.min() > 0.5 and singular.max() < 1.5
+  # Its direction is the gradient's, orthogonalised: a descent direction.
+  assert float(jnp.vdot(updates["Conv_0"]["kernel"], grads["Conv_0"]["kernel"])) < 0
+
+
+def test_muon_treats_everything_but_kernels_as_sgd_does():
+  config = _muon_config(momentum=0.9, weight_decay=0.01, norm_lr_multiplier=8.0)
+  muon_tx, _ = optim.create_optimizer(config, 10)
+  config.optimizer.name = "sgd"
+  sgd_tx, _ = optim.create_optimizer(config, 10)
+  params = _conv_and_dense_params()
+  params["norm1"] = {"bias": jnp.ones(16)}
+  muon_state, sgd_state = muon_tx.init(params), sgd_tx.init(params)
+  for step in range(3):
+    grads = jax.tree.map(lambda p: jnp.sin(p + step), params)  # noqa: B023
+    muon_updates, muon_state = muon_tx.update(grads, muon_state, params)
+    sgd_updates, sgd_state = sgd_tx.update(grads, sgd_state, params)
+    for name in ("Dense_0", "norm1"):
+      for leaf, value in muon_updates[name].items():
+        np.testing.assert_allclose(value, sgd_updates[name][leaf], rtol=1e-6)
+    assert not np.allclose(muon_updates["Conv_0"]["kernel"], sgd_updates["Conv_0"]["kernel"])
+    params = optax.apply_updates(params, muon_updates)
+
+
+def test_muon_fixed_norm_rescales_kernels_to_sqrt_output_channels():
+  config = _muon_config(muon_fixed_norm=True)
+  tx, _ = optim.create_optimizer(config, 10)
+  params = _conv_and_dense_params()
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert float(jnp.linalg.norm(new["Conv_0"]["kernel"])) == pytest.approx(4.0, rel=1e-5)
+  np.testing.assert_allclose(new["Conv_0"]["kernel"] / params["Conv_0"]["kernel"],
+                             4.0 / float(jnp.linalg.norm(params["Conv_0"]["kernel"])),
+                             rtol=1e-5)
+  np.testing.assert_allclose(new["Dense_0"]["kernel"], params["Dense_0"]["kernel"])

@@ -1,0 +1,53 @@
+"""The speed run with Muon for the convolutions: airbench94_muon's recipe
+(94.01% in 8 epochs on the A100, against airbench94's 9.9), on the same
+`speedrun` network. 20% fewer epochs, so 20% less work, for the same
+accuracy.
+
+    python -m cifar_jax.main --config=configs/speedrun_muon.py --workdir=runs/speedrun_muon
+
+What changes from configs/speedrun.py (airbench94):
+- conv kernels: Muon (`optimizer.name="muon"`), lr 0.24 falling linearly to
+  0, Nesterov momentum 0.6, 3 Newton-Schulz steps, each kernel held at norm
+  sqrt(out channels); no weight decay on them.
+- everything else (head, BatchNorm and whitening biases): Nesterov SGD,
+  momentum 0.85, on the same linear decay. airbench94_muon's rates are for a
+  summed loss at batch 2000 and a head of unit-std weights times 1/256; for
+  this repo's mean loss and the `speedrun` head (PyTorch-default init times
+  1/9, the same function at init), its head lr 0.67 is
+  0.67 * (9/256)**2 * 2000 = 1.656, its BatchNorm-bias lr 0.053 * 2000 = 106
+  = 64x that, and its weight decay (0.004 of the weights per step, scaled by
+  the schedule, on every SGD parameter) is 0.004 / 1.656 = 2.42e-3, coupled.
+- batch 2000, 8 epochs, no EMA and no lookahead (airbench94_muon has
+  neither), no warm-up.
+
+Kept from airbench94: label smoothing 0.2, alternating flip, 2-pixel
+reflect translations, flip+translate TTA, bf16 compute.
+Not reproduced: airbench94_muon trains the whitening bias at the
+BatchNorm-bias rate for 3 epochs and then freezes it; here it trains
+throughout at the head's rate.
+"""
+from configs import speedrun
+
+
+def get_config():
+  config = speedrun.get_config()
+  config.num_epochs = 8
+  config.batch_size = 2000
+  config.ema_decay = 0.0
+
+  config.optimizer.name = "muon"
+  config.optimizer.muon_learning_rate = 0.24
+  config.optimizer.muon_momentum = 0.6
+  config.optimizer.muon_ns_steps = 3
+  config.optimizer.muon_fixed_norm = True
+  config.optimizer.momentum = 0.85
+  config.optimizer.learning_rate = 0.67 * (9.0 / 256.0) ** 2 * 2000  # = 1.656
+  config.optimizer.lr_base_batch_size = 2000
+  config.optimizer.weight_decay = 0.004 / config.optimizer.learning_rate
+  config.optimizer.norm_lr_multiplier = 0.053 * 2000 / config.optimizer.learning_rate  # = 64
+
+  config.schedule.name = "linear_onecycle"
+  config.schedule.pct_start = 0.0
+  config.schedule.div_factor = 1.0  # no warm-up: start at the peak
+  config.schedule.end_lr_factor = 0.0
+  return config
