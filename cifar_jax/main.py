@@ -19,6 +19,7 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
+from cifar_jax import host_memory  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
@@ -36,6 +37,7 @@ parse_flags = cli.flags_parser("cifar_jax")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  host_memory.keep_freed_memory()  # before XLA starts its threads
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.

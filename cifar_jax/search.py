@@ -57,6 +57,7 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
+from cifar_jax import host_memory  # noqa: E402
 
 MODEL_NAME = "resnet_budget"
 # The `resnet_budget` fields a design sets (one entry per stage, but the pool).
@@ -506,6 +507,7 @@ def _run_local(config, workdir: Path, cohort: list[dict], done: dict[str, dict],
 
 def _ray_trainable(tune_config, *, config, specs, workdir, train_split, eval_split):
   """One Ray Tune trial: trains like the local backend, reporting every epoch."""
+  host_memory.keep_freed_memory()  # a fresh worker process: before its first JAX work
   from ray import tune
 
   from cifar_jax import metrics as metrics_lib
@@ -702,6 +704,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  host_memory.keep_freed_memory()  # before XLA starts its threads
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from cifar_jax import checkpoint, input_pipeline, metrics

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from cifar_jax import augment  # noqa: E402
 from cifar_jax import cpu_conv  # noqa: E402
+from cifar_jax import host_memory  # noqa: E402
 from cifar_jax import input_pipeline  # noqa: E402
 from cifar_jax import optim  # noqa: E402
 from cifar_jax import parallel as parallel_lib  # noqa: E402
@@ -121,6 +122,7 @@ def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = Fal
 
 
 def main(argv=None):
+  host_memory.keep_freed_memory()  # as cifar_jax.main does, before XLA starts
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet18,my_cnn")
   parser.add_argument("--batch", type=int, default=128)

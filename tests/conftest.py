@@ -20,6 +20,10 @@ if REPO_ROOT not in sys.path:
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from cifar_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # as the entry points do, before XLA starts
+
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
 
 
