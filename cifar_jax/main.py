@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 import sys
 
+if __name__ == "__main__":  # before any import starts a thread (numpy's BLAS does)
+  from cifar_jax import host_memory
+  host_memory.keep_freed_memory()
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
 
 from absl import app  # noqa: E402
@@ -19,7 +23,6 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
-from cifar_jax import host_memory  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
@@ -37,7 +40,6 @@ parse_flags = cli.flags_parser("cifar_jax")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  host_memory.keep_freed_memory()  # before XLA starts its threads
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.

@@ -47,6 +47,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+if __name__ == "__main__":  # before any import starts a thread (numpy's BLAS does)
+  from cifar_jax import host_memory
+  host_memory.keep_freed_memory()
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
 
 from absl import app  # noqa: E402
@@ -507,7 +511,6 @@ def _run_local(config, workdir: Path, cohort: list[dict], done: dict[str, dict],
 
 def _ray_trainable(tune_config, *, config, specs, workdir, train_split, eval_split):
   """One Ray Tune trial: trains like the local backend, reporting every epoch."""
-  host_memory.keep_freed_memory()  # a fresh worker process: before its first JAX work
   from ray import tune
 
   from cifar_jax import metrics as metrics_lib
@@ -543,7 +546,8 @@ def _run_ray(config, workdir: Path, pending: list[dict], train_split, eval_split
                       "`pip install -e '.[tune]'` or use search.backend='local'.") from None
   s = config.search
   if not ray.is_initialized():
-    ray.init(address=s.ray_address, include_dashboard=False)
+    ray.init(address=s.ray_address, include_dashboard=False,
+             runtime_env={"env_vars": host_memory.environment()})
   specs = {spec["trial_id"]: spec for spec in pending}
   failed = []
 
@@ -704,7 +708,6 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  host_memory.keep_freed_memory()  # before XLA starts its threads
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   from cifar_jax import checkpoint, input_pipeline, metrics

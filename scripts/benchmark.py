@@ -25,12 +25,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from cifar_jax import host_memory  # noqa: E402
+
+if __name__ == "__main__":  # as cifar_jax.main does: before numpy starts its threads
+  host_memory.keep_freed_memory()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import augment  # noqa: E402
 from cifar_jax import cpu_conv  # noqa: E402
-from cifar_jax import host_memory  # noqa: E402
 from cifar_jax import input_pipeline  # noqa: E402
 from cifar_jax import optim  # noqa: E402
 from cifar_jax import parallel as parallel_lib  # noqa: E402
@@ -122,7 +126,6 @@ def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = Fal
 
 
 def main(argv=None):
-  host_memory.keep_freed_memory()  # as cifar_jax.main does, before XLA starts
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default="resnet18,my_cnn")
   parser.add_argument("--batch", type=int, default=128)

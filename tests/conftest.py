@@ -16,13 +16,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)  # so that `configs` imports as in the README
 
+from cifar_jax import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()  # as the entry points do, before numpy starts threads
+
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-from cifar_jax import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()  # as the entry points do, before XLA starts
 
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
 
