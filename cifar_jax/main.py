@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__":  # before any import starts a thread (numpy's BLAS does)
+if __name__ == "__main__":  # first: it may re-execute the process
   from cifar_jax import host_memory
-  host_memory.keep_freed_memory()
+  host_memory.use_huge_pages()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
 

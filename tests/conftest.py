@@ -16,10 +16,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)  # so that `configs` imports as in the README
 
-from cifar_jax import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()  # as the entry points do, before numpy starts threads
-
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,6 +1,7 @@
-"""host_memory: with its glibc settings, XLA:CPU stops page-faulting big
-buffers anew on every call. Measured in fresh processes, because the settings
-must be made before XLA starts its threads."""
+"""host_memory: a program that calls `use_huge_pages()` re-executes itself
+once with glibc's huge-page tunable, keeps its arguments, and stops
+page-faulting every 4 KB of XLA's big buffers on every call. Measured in fresh
+processes, because glibc reads the tunable only at start-up."""
 import os
 import subprocess
 import sys
@@ -8,56 +9,59 @@ import textwrap
 
 import pytest
 
+from cifar_jax import host_memory
 from conftest import REPO_ROOT
 
-_FAULTS_OF_REPEATED_CALLS = textwrap.dedent("""
-    import resource, sys
+pytestmark = pytest.mark.skipif(not host_memory.supported(),
+                                reason="needs glibc >= 2.35 and transparent huge pages")
+
+_PROGRAM = textwrap.dedent("""
+    import os, resource, sys
     from cifar_jax import host_memory
-    print("applied", host_memory.keep_freed_memory())
+    host_memory.use_huge_pages()
+    print("active", host_memory.active(), "args", *sys.argv[1:], "pid", os.getpid())
     import jax, jax.numpy as jnp
-    x = jnp.ones((64, 1024, 1024), jnp.float32)  # 256 MB: over every mmap threshold
+    x = jnp.ones((64, 1024, 1024), jnp.float32)  # 256 MB: over glibc's mmap threshold
     f = jax.jit(lambda x: x * 2 + 1)
-    for _ in range(4):  # the heap grows towards its working size
+    for _ in range(2):
       f(x).block_until_ready()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(24):
+    for _ in range(8):
       f(x).block_until_ready()
     print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """)
 
 
-def _run(malloc_env: str, **extra_env: str) -> tuple[bool, int]:
-  env = dict(os.environ, CIFAR_JAX_MALLOC=malloc_env, XLA_FLAGS="", PYTHONPATH=REPO_ROOT,
-             **extra_env)
-  out = subprocess.run([sys.executable, "-c", _FAULTS_OF_REPEATED_CALLS], env=env,
-                       check=True, capture_output=True, text=True).stdout.split()
-  return out[1] == "True", int(out[3])
+def _run(tmp_path, **env_overrides):
+  script = tmp_path / "program.py"
+  script.write_text(_PROGRAM)
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT_ENV)}
+  env.update(XLA_FLAGS="", PYTHONPATH=REPO_ROOT, **env_overrides)
+  process = subprocess.Popen([sys.executable, str(script), "--flag=1", "two words"], env=env,
+                             stdout=subprocess.PIPE, text=True)
+  out, _ = process.communicate()
+  assert process.returncode == 0
+  lines = out.splitlines()
+  return lines, int(lines[-1].split()[1]), process.pid
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-@pytest.mark.parametrize("route", ["mallopt", "environment"])
-def test_freed_buffers_are_reused_instead_of_faulted_in_again(route):
-  """mallopt in this process, or glibc's environment variables for a child
-  process (how Ray workers get the settings)."""
-  if route == "mallopt":
-    applied, faults_kept = _run("")
-    assert applied
-  else:
-    from cifar_jax import host_memory
-    variables = host_memory.environment()
-    assert variables
-    _, faults_kept = _run("system", **variables)  # the child's mallopt is off
-  not_applied, faults_system = _run("system")
-  assert not not_applied
+def test_huge_pages_stop_the_page_faults_of_big_buffers(tmp_path):
+  lines, faults_huge, pid = _run(tmp_path)
+  assert len(lines) == 2  # re-executed once: the first start printed nothing
+  assert lines[0] == f"active True args --flag=1 two words pid {pid}"  # same process
+  opted_out, faults_system, _ = _run(tmp_path, CIFAR_JAX_MALLOC="system")
+  assert opted_out[0].startswith("active False")
   pages_per_call = 256 * 2**20 // 4096
-  # The system allocator faults in every page of each call's output again.
-  # Kept memory is reused: most calls fault nothing (glibc still grows the
-  # heap now and then, a few buffers' worth in a row).
-  assert faults_system > 22 * pages_per_call, faults_system
-  assert faults_kept < faults_system / 2, (faults_kept, faults_system)
+  # Without it every call faults in every 4 KB page of its output again;
+  # with 2 MB pages, at most 1/512 of that.
+  assert faults_system > 7 * pages_per_call, faults_system
+  assert faults_huge < faults_system / 50, (faults_huge, faults_system)
 
 
-def test_opting_out_leaves_the_allocator_alone(monkeypatch):
-  from cifar_jax import host_memory
+def test_environment_extends_existing_tunables(monkeypatch):
+  monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+  assert host_memory.environment() == {
+      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE}
   monkeypatch.setenv(host_memory.OPT_OUT_ENV, "system")
   assert host_memory.environment() == {}
