@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cifar_jax import host_memory  # noqa: E402
 
-if __name__ == "__main__":  # as cifar_jax.main does: before numpy starts its threads
-  host_memory.keep_freed_memory()
+if __name__ == "__main__":  # as cifar_jax.main does, first: it may re-execute the process
+  host_memory.use_huge_pages()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -41,7 +41,8 @@ from cifar_jax import parallel as parallel_lib  # noqa: E402
 from cifar_jax import train  # noqa: E402
 
 
-def model_config(name: str, half_precision: bool, parallel: str, conv_backend: str = "auto"):
+def model_config(name: str, half_precision: bool, parallel: str, conv_backend: str = "auto",
+                 compilation_cache_dir: str | None = None):
   """configs/<name>.py when it exists, else the base config with that model."""
   try:
     config = importlib.import_module(f"configs.{name}").get_config()
@@ -51,6 +52,8 @@ def model_config(name: str, half_precision: bool, parallel: str, conv_backend: s
   config.half_precision = half_precision
   config.parallel = parallel
   config.conv_backend = conv_backend
+  if compilation_cache_dir is not None:
+    config.compilation_cache_dir = compilation_cache_dir
   return config
 
 
@@ -64,8 +67,9 @@ def _timed(fn, repeats: int) -> float:
 
 
 def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = False,
-              parallel: str = "jit", conv_backend: str = "auto") -> dict:
-  config = model_config(name, half_precision, parallel, conv_backend)
+              parallel: str = "jit", conv_backend: str = "auto",
+              compilation_cache_dir: str | None = None) -> dict:
+  config = model_config(name, half_precision, parallel, conv_backend, compilation_cache_dir)
   config.batch_size = config.eval_batch_size = batch
   train.setup_compilation_cache(config)
   par = parallel_lib.DataParallel(config.parallel)
@@ -134,12 +138,14 @@ def main(argv=None):
   parser.add_argument("--parallel", default="jit", choices=["jit", "pmap"])
   parser.add_argument("--conv_backend", default="auto", choices=cpu_conv.BACKENDS,
                       help="convolution implementation (config.conv_backend)")
+  parser.add_argument("--compilation_cache_dir", default=None,
+                      help="persistent XLA cache (default: the config's; \"\" turns it off)")
   parser.add_argument("--json", action="store_true", help="one JSON line per model")
   args = parser.parse_args(argv)
   rows = []
   for name in args.models.split(","):
     row = benchmark(name, args.batch, args.steps, args.half_precision, args.parallel,
-                    args.conv_backend)
+                    args.conv_backend, args.compilation_cache_dir)
     rows.append(row)
     if args.json:
       print(json.dumps(row), flush=True)

@@ -1,0 +1,88 @@
+"""scripts/benchmark.py prints the issue's JSON contract (or a table), and
+scripts/compare_torch.py turns two measurements into ratios."""
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+BENCHMARK_KEYS = {"model", "batch", "img_per_s", "eval_img_per_s", "compile_s",
+                  "input_img_per_s", "devices", "dtype"}
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "scripts",
+                                                                   f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _stdout_of(fn, argv):
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    fn(argv)
+  return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def benchmark_script():
+  return _script("benchmark")
+
+
+def test_benchmark_prints_one_json_line_per_model(benchmark_script, compile_cache):
+  out = _stdout_of(benchmark_script.main, ["--models=lenet5,simple_cnn", "--batch=16", "--steps=2",
+                                    "--json", f"--compilation_cache_dir={compile_cache}"])
+  rows = [json.loads(line) for line in out.splitlines()]
+  assert [r["model"] for r in rows] == ["lenet5", "simple_cnn"]
+  for row in rows:
+    assert BENCHMARK_KEYS <= set(row), row
+    assert row["batch"] == 16 and row["dtype"] == "float32"
+    assert row["devices"] == 4  # conftest's fake CPU devices, all used by jit
+    for key in ("img_per_s", "eval_img_per_s", "input_img_per_s"):
+      assert row[key] > 0, row
+    assert row["compile_s"] >= 0
+  assert rows[0]["params"] == 62_006  # the model that was asked for
+
+
+def test_benchmark_table_and_bf16(benchmark_script, compile_cache):
+  out = _stdout_of(benchmark_script.main, ["--models=lenet5", "--batch=8", "--steps=1",
+                                    "--half_precision", f"--compilation_cache_dir={compile_cache}"])
+  header, row = out.splitlines()
+  assert header.split()[:3] == ["model", "batch", "img_per_s"]
+  assert row.split()[0] == "lenet5" and "bfloat16" in row.split()
+
+
+def test_compare_torch_reports_the_ratio_of_the_two_measurements(tmp_path, monkeypatch):
+  """Both sides are stubbed: what is tested is that each round runs both
+  back to back and divides JAX's images/s by PyTorch's."""
+  fake_torch = tmp_path / "fake_torch.py"
+  fake_torch.write_text(
+      "import json, sys\n"
+      "args = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
+      "print(json.dumps({'model': args['models'], 'mode': args['modes'],"
+      " 'img_per_s': 50.0}))\n")
+  compare = _script("compare_torch")
+  run_for_real = compare._run_json_lines
+  calls = []
+
+  def fake_run(cmd):
+    calls.append(cmd)
+    if cmd[1] == str(fake_torch):
+      return run_for_real(cmd)
+    return [{"model": "lenet5", "img_per_s": 125.0, "dtype": "float32", "conv": "xla"}]
+
+  monkeypatch.setattr(compare, "_run_json_lines", fake_run)
+  out = _stdout_of(compare.main, [f"--torch_python={sys.executable}",
+                                  f"--torch_script={fake_torch}", "--models=lenet5",
+                                  "--rounds=2", "--steps=1"])
+  measurements = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  assert [m["ratio"] for m in measurements] == [2.5, 2.5]
+  assert "2.50, 2.50" in out and out.rstrip().endswith("2.50")
+  # JAX then PyTorch in each round.
+  assert [os.path.basename(c[1]) for c in calls] == ["benchmark.py", "fake_torch.py"] * 2
