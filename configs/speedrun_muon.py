@@ -1,7 +1,13 @@
 """The speed run with Muon for the convolutions: airbench94_muon's recipe
 (94.01% in 8 epochs on the A100, against airbench94's 9.9), on the same
-`speedrun` network. 20% fewer epochs, so 20% less work, for the same
-accuracy.
+`speedrun` network, here for 10 epochs.
+
+Why 10: on the shared JPEG-q75 data, trained on train[:45000], 8 epochs gave
+90.24% and 90.52% validation accuracy (seeds 0 and 1, flip+translate TTA),
+short of the 90.7% that PyTorch's airbench94 reaches on this CPU; the
+project's speed-run target. Steps are fast enough here that 10 epochs still
+finish far inside its time budget (see the README's Speed run section).
+`--config.num_epochs=8` gives airbench94_muon's own budget.
 
     python -m cifar_jax.main --config=configs/speedrun_muon.py --workdir=runs/speedrun_muon
 
@@ -17,8 +23,8 @@ What changes from configs/speedrun.py (airbench94):
   0.67 * (9/256)**2 * 2000 = 1.656, its BatchNorm-bias lr 0.053 * 2000 = 106
   = 64x that, and its weight decay (0.004 of the weights per step, scaled by
   the schedule, on every SGD parameter) is 0.004 / 1.656 = 2.42e-3, coupled.
-- batch 2000, 8 epochs, no EMA and no lookahead (airbench94_muon has
-  neither), no warm-up.
+- batch 2000, no EMA and no lookahead (airbench94_muon has neither), no
+  warm-up.
 
 Kept from airbench94: label smoothing 0.2, alternating flip, 2-pixel
 reflect translations, flip+translate TTA, bf16 compute.
@@ -31,7 +37,7 @@ from configs import speedrun
 
 def get_config():
   config = speedrun.get_config()
-  config.num_epochs = 8
+  config.num_epochs = 10
   config.batch_size = 2000
   config.ema_decay = 0.0
 
