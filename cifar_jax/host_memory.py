@@ -30,7 +30,7 @@ import sys
 
 OPT_OUT_ENV = "CIFAR_JAX_MALLOC"
 TUNABLE = "glibc.malloc.hugetlb=1"
-_TUNABLES_ENV = "GLIBC_TUNABLES"
+TUNABLES_ENV = "GLIBC_TUNABLES"
 _REEXECUTED_ENV = "CIFAR_JAX_HUGE_PAGES_REEXEC"  # guards against a second exec
 _THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -59,12 +59,12 @@ def environment() -> dict[str, str]:
   ({} where it is not supported)."""
   if not supported():
     return {}
-  return {_TUNABLES_ENV: _with_tunable(os.environ.get(_TUNABLES_ENV, ""))}
+  return {TUNABLES_ENV: _with_tunable(os.environ.get(TUNABLES_ENV, ""))}
 
 
 def active() -> bool:
   """Whether this process started with the tunable."""
-  return TUNABLE in os.environ.get(_TUNABLES_ENV, "").split(":")
+  return TUNABLE in os.environ.get(TUNABLES_ENV, "").split(":")
 
 
 def use_huge_pages() -> None:

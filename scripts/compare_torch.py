@@ -9,6 +9,11 @@ has torch installed: torch is not a dependency of this project), back to back,
 so both see the same machine load. It prints one JSON line per measurement
 and a table of the ratio JAX / PyTorch per round and their median. Absolute
 images/s drift on shared machines; only the ratios are meaningful.
+
+JAX's entry points run glibc malloc with transparent huge pages
+(cifar_jax/host_memory.py). PyTorch runs with the default allocator, as
+torch_reference.py does on its own, unless `--torch_malloc=huge_pages` gives
+it the same setting, for a like-for-like comparison of the two frameworks.
 """
 from __future__ import annotations
 
@@ -20,13 +25,32 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from cifar_jax import host_memory  # noqa: E402
+
 DEFAULT_TORCH_SCRIPT = os.path.join(HERE, "..", "..", "shared", "bench", "torch_reference.py")
 
 
-def _run_json_lines(cmd: list[str]) -> list[dict]:
+def _run_json_lines(cmd: list[str], env: dict[str, str] | None = None) -> list[dict]:
   out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+                       env=dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
   return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def torch_environment(malloc: str) -> dict[str, str]:
+  """The environment for PyTorch: this one without glibc's huge-page tunable
+  ("default") or with it ("huge_pages")."""
+  env = dict(os.environ)
+  tunables = [t for t in env.pop(host_memory.TUNABLES_ENV, "").split(":")
+              if t and t != host_memory.TUNABLE]
+  if malloc == "huge_pages":
+    tunables.append(host_memory.TUNABLE)
+  elif malloc != "default":
+    raise ValueError(f"--torch_malloc={malloc!r}: use 'default' or 'huge_pages'.")
+  if tunables:
+    env[host_memory.TUNABLES_ENV] = ":".join(tunables)
+  return env
 
 
 def main(argv=None):
@@ -38,12 +62,16 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--torch_malloc", default="default", choices=("default", "huge_pages"),
+                      help="PyTorch's glibc malloc: default, or with transparent huge pages "
+                           "as JAX's entry points use")
   parser.add_argument("--half_precision", action="store_true", help="JAX in bf16")
   parser.add_argument("--conv_backends", default="auto",
                       help="comma-separated JAX convolution backends to time (auto, onednn, xla)")
   args = parser.parse_args(argv)
 
   backends = args.conv_backends.split(",")
+  torch_env = torch_environment(args.torch_malloc)
   ratios: dict[tuple[str, str], list[float]] = {
       (m, b): [] for m in args.models.split(",") for b in backends}
   for round_index in range(args.rounds):
@@ -58,7 +86,7 @@ def main(argv=None):
         jax_rows.append(_run_json_lines(jax_cmd)[0])
       torch_row = _run_json_lines([args.torch_python, args.torch_script, f"--models={model}",
                                    f"--modes={args.torch_mode}", f"--batch={args.batch}",
-                                   f"--steps={args.steps}"])[0]
+                                   f"--steps={args.steps}"], env=torch_env)[0]
       for backend, jax_row in zip(backends, jax_rows):
         ratio = jax_row["img_per_s"] / torch_row["img_per_s"]
         ratios[(model, backend)].append(ratio)
@@ -66,7 +94,7 @@ def main(argv=None):
             "round": round_index, "model": model, "jax_img_per_s": jax_row["img_per_s"],
             "jax_dtype": jax_row["dtype"], "jax_conv": jax_row["conv"],
             "torch_img_per_s": torch_row["img_per_s"], "torch_mode": args.torch_mode,
-            "ratio": round(ratio, 3)}), flush=True)
+            "torch_malloc": args.torch_malloc, "ratio": round(ratio, 3)}), flush=True)
   print(f"\n{'model':<12} {'conv':<8} {'JAX / PyTorch (' + args.torch_mode + ')':<28} median")
   for (model, backend), values in ratios.items():
     print(f"{model:<12} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "

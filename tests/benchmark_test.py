@@ -71,10 +71,10 @@ def test_compare_torch_reports_the_ratio_of_the_two_measurements(tmp_path, monke
   run_for_real = compare._run_json_lines
   calls = []
 
-  def fake_run(cmd):
+  def fake_run(cmd, env=None):
     calls.append(cmd)
     if cmd[1] == str(fake_torch):
-      return run_for_real(cmd)
+      return run_for_real(cmd, env)
     return [{"model": "lenet5", "img_per_s": 125.0, "dtype": "float32", "conv": "xla"}]
 
   monkeypatch.setattr(compare, "_run_json_lines", fake_run)
@@ -86,3 +86,18 @@ def test_compare_torch_reports_the_ratio_of_the_two_measurements(tmp_path, monke
   assert "2.50, 2.50" in out and out.rstrip().endswith("2.50")
   # JAX then PyTorch in each round.
   assert [os.path.basename(c[1]) for c in calls] == ["benchmark.py", "fake_torch.py"] * 2
+
+
+def test_compare_torch_gives_pytorch_the_chosen_allocator(monkeypatch):
+  compare = _script("compare_torch")
+  tunables = compare.host_memory.TUNABLES_ENV
+  monkeypatch.setenv(tunables, f"glibc.malloc.arena_max=2:{compare.host_memory.TUNABLE}")
+  default = compare.torch_environment("default")
+  assert default[tunables] == "glibc.malloc.arena_max=2"
+  huge = compare.torch_environment("huge_pages")
+  assert huge[tunables] == f"glibc.malloc.arena_max=2:{compare.host_memory.TUNABLE}"
+  monkeypatch.delenv(tunables)
+  assert tunables not in compare.torch_environment("default")
+  assert compare.torch_environment("huge_pages")[tunables] == compare.host_memory.TUNABLE
+  with pytest.raises(ValueError, match="huge_pages"):
+    compare.torch_environment("jemalloc")
