@@ -252,6 +252,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.parallel must be 'jit' or 'pmap', not {config.parallel!r}.")
   if config.num_epochs <= 0 or config.batch_size <= 0:
     raise ValueError("config.num_epochs and config.batch_size must be positive.")
+  if config.eval_every_epochs < 0:
+    raise ValueError(f"config.eval_every_epochs must be >= 0 (0: only after the last epoch), "
+                     f"not {config.eval_every_epochs}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f"config.ema_decay must be in [0, 1), not {config.ema_decay}.")
   ops = augment.parse(config.augment)  # raises on unknown ops
@@ -441,7 +444,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         if epoch == start_epoch:
           record["compile_s"] = compile_s
         last = epoch + 1 == config.num_epochs
-        if evaluators and ((epoch + 1) % config.eval_every_epochs == 0 or last):
+        periodic = config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0
+        if evaluators and (periodic or last):
           for prefix, evaluator in evaluators:
             eval_means = metrics_lib.means(evaluator.run(state)[0])
             record[f"{prefix}_loss"] = eval_means["loss"]

@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.conv_backend = "auto"
   config.label_smoothing = 0.0
   config.log_every_steps = 50
-  config.eval_every_epochs = 1
+  config.eval_every_epochs = 1  # 0: only after the last epoch
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"  # sgd | muon | adam | adamw | lars | lamb

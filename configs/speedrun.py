@@ -26,7 +26,12 @@ Translation of airbench94's hyperparameters (its lr 11.5 and wd 0.0153 are
   (and used by `--mode=eval`). airbench uses lookahead instead: from epoch 3,
   every 5 steps the weights move to an EMA whose decay ramps up to 0.95 per
   step at the end. A plain EMA is the closest thing here.
-- 10 epochs (airbench: 9.9).
+- 12 epochs (airbench: 9.9). On the shared JPEG-q75 data, trained on
+  train[:45000], 10 epochs reached 90.54% validation accuracy with the EMA
+  (90.00% without), short of the 90.7% PyTorch's airbench94 reaches on this
+  CPU; 12 epochs reached 91.40% (EMA; 90.90% without). The EMA is a weaker
+  average late in training than airbench's lookahead, which is the likely
+  reason for the extra epochs. See the README's Speed run section.
 
 Batch 1024, as airbench: its hyperparameters, step count (~430 steps at 45k
 images) and EMA horizon were tuned there. A smaller batch would not buy
@@ -43,8 +48,9 @@ with oneDNN convolutions on a CPU with AVX512-BF16 (or AMX) a step is about
 development CPU). The README's speed-run figures were measured in bf16.
 
 Evaluation, with 10 TTA views for both the weights and their EMA, costs about
-half a training epoch, so it runs only after the last epoch (set
-`--config.eval_every_epochs=1` to watch progress).
+half a training epoch, so it runs only after the last epoch, however many
+`--config.num_epochs` asks for (set `--config.eval_every_epochs=1` to watch
+progress).
 """
 from configs import base
 
@@ -52,10 +58,10 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.model.name = "speedrun"
-  config.num_epochs = 10
+  config.num_epochs = 12
   config.batch_size = 1024
   config.half_precision = True
-  config.eval_every_epochs = 10
+  config.eval_every_epochs = 0  # only after the last epoch
   config.label_smoothing = 0.2
   config.augment = "crop(pad=2, mode='reflect')"
   config.alternating_flip = True

@@ -35,3 +35,11 @@ def test_alternating_flip_with_a_random_flip_is_rejected():
   config.augment = "flip|crop(pad=2, mode='reflect')"
   with pytest.raises(ValueError, match="alternating_flip replaces the random flip"):
     train.validate_config(config)
+
+
+def test_speedrun_evaluates_only_after_the_last_epoch_and_negative_periods_are_rejected():
+  config = importlib.import_module("configs.speedrun").get_config()
+  assert config.eval_every_epochs == 0  # speedrun_test checks the loop then evaluates only the last
+  config.eval_every_epochs = -1
+  with pytest.raises(ValueError, match="eval_every_epochs must be >= 0"):
+    train.validate_config(config)
