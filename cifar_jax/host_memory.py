@@ -50,8 +50,11 @@ def supported() -> bool:
     return False
 
 
-def _with_tunable(tunables: str) -> str:
-  return f"{tunables}:{TUNABLE}" if tunables else TUNABLE
+def tunables_with(tunables: str, huge_pages: bool) -> str:
+  """A GLIBC_TUNABLES value with the huge-page tunable once (or not at all),
+  the other tunables kept."""
+  others = [t for t in tunables.split(":") if t and t != TUNABLE]
+  return ":".join(others + [TUNABLE] if huge_pages else others)
 
 
 def environment() -> dict[str, str]:
@@ -59,7 +62,7 @@ def environment() -> dict[str, str]:
   ({} where it is not supported)."""
   if not supported():
     return {}
-  return {TUNABLES_ENV: _with_tunable(os.environ.get(TUNABLES_ENV, ""))}
+  return {TUNABLES_ENV: tunables_with(os.environ.get(TUNABLES_ENV, ""), huge_pages=True)}
 
 
 def active() -> bool:

@@ -47,8 +47,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from cifar_jax import host_memory
+
 if __name__ == "__main__":  # first: it may re-execute the process
-  from cifar_jax import host_memory
   host_memory.use_huge_pages()
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
@@ -61,7 +62,6 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
-from cifar_jax import host_memory  # noqa: E402
 
 MODEL_NAME = "resnet_budget"
 # The `resnet_budget` fields a design sets (one entry per stage, but the pool).

@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   # muon: conv kernels take Muon steps (orthogonalised Nesterov momentum) at
   # this peak lr, on the schedule's shape; every other parameter takes the sgd
   # settings above. fixed_norm holds each kernel at norm sqrt(out channels).
+  # The values are airbench94_muon's (configs/speedrun_muon.py).
   config.optimizer.muon_learning_rate = 0.24
   config.optimizer.muon_momentum = 0.6
   config.optimizer.muon_ns_steps = 3

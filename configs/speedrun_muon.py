@@ -41,11 +41,7 @@ def get_config():
   config.batch_size = 2000
   config.ema_decay = 0.0
 
-  config.optimizer.name = "muon"
-  config.optimizer.muon_learning_rate = 0.24
-  config.optimizer.muon_momentum = 0.6
-  config.optimizer.muon_ns_steps = 3
-  config.optimizer.muon_fixed_norm = True
+  config.optimizer.name = "muon"  # base's muon_* defaults are airbench94_muon's
   config.optimizer.momentum = 0.85
   config.optimizer.learning_rate = 0.67 * (9.0 / 256.0) ** 2 * 2000  # = 1.656
   config.optimizer.lr_base_batch_size = 2000

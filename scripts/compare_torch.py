@@ -41,15 +41,13 @@ def _run_json_lines(cmd: list[str], env: dict[str, str] | None = None) -> list[d
 def torch_environment(malloc: str) -> dict[str, str]:
   """The environment for PyTorch: this one without glibc's huge-page tunable
   ("default") or with it ("huge_pages")."""
-  env = dict(os.environ)
-  tunables = [t for t in env.pop(host_memory.TUNABLES_ENV, "").split(":")
-              if t and t != host_memory.TUNABLE]
-  if malloc == "huge_pages":
-    tunables.append(host_memory.TUNABLE)
-  elif malloc != "default":
+  if malloc not in ("default", "huge_pages"):
     raise ValueError(f"--torch_malloc={malloc!r}: use 'default' or 'huge_pages'.")
+  env = dict(os.environ)
+  tunables = host_memory.tunables_with(env.pop(host_memory.TUNABLES_ENV, ""),
+                                       huge_pages=malloc == "huge_pages")
   if tunables:
-    env[host_memory.TUNABLES_ENV] = ":".join(tunables)
+    env[host_memory.TUNABLES_ENV] = tunables
   return env
 
 

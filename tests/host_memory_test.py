@@ -63,5 +63,9 @@ def test_environment_extends_existing_tunables(monkeypatch):
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
   assert host_memory.environment() == {
       "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE}
+  # A process that already has it (re-executed) passes it on once.
+  monkeypatch.setenv("GLIBC_TUNABLES", host_memory.TUNABLE + ":glibc.malloc.arena_max=2")
+  assert host_memory.environment() == {
+      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE}
   monkeypatch.setenv(host_memory.OPT_OUT_ENV, "system")
   assert host_memory.environment() == {}
