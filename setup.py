@@ -2,7 +2,10 @@
 x86-64; everything else about the package is in pyproject.toml.
 
 The extension is optional: if it cannot be built (no C++ compiler, another
-platform), the package installs without it and convolutions run on XLA.
+platform), the package installs without it and convolutions run on XLA. It
+records the version of the jaxlib whose FFI headers it is compiled against;
+`cifar_jax.cpu_conv` loads it only under that same jaxlib (pyproject.toml
+pins build and runtime to one range).
 """
 import importlib.metadata
 import os
@@ -38,6 +41,7 @@ def extensions():
                     os.path.dirname(os.path.dirname(os.path.dirname(header)))],
       library_dirs=[os.path.dirname(library)],
       libraries=["dnnl"],
+      define_macros=[("CIFAR_JAX_JAXLIB_VERSION", f'"{jaxlib.__version__}"')],
       extra_compile_args=["-std=c++17", "-O2", "-Wno-attributes", "-Wno-return-type"],
       language="c++",
       optional=True,

@@ -6,43 +6,51 @@ takes ~95 ms forward and ~280 ms for the kernel gradient on XLA against ~38
 and ~31 ms in PyTorch on the same two cores. The C++ extension
 `cifar_jax._onednn_conv` (source in cifar_jax/csrc) exposes oneDNN's forward,
 backward-data and backward-weights primitives as XLA FFI handlers; this module
-registers them and wraps them in a custom VJP with the exact signature of
-`lax.conv_general_dilated`, so models pass `conv_general_dilated` to flax's
-`nn.Conv` (see `models.layers.Conv`) and stay unchanged otherwise.
+registers them and wraps them in a custom VJP behind functions with the exact
+signature of `lax.conv_general_dilated`:
 
-Which implementation runs is a process-wide choice made when a run starts
-(`configure`, from `config.conv_backend`) and read while a step is traced.
-Convolutions oneDNN does not cover here (grouped or dilated ones, mixed
-dtypes, other layouts) always go to `lax.conv_general_dilated`, as does everything on
-GPUs and TPUs. A custom call has no sharding rule, so under `parallel=jit`
-with more than one device the choice falls back to XLA; `pmap` traces one
-device's program and keeps oneDNN.
+- `onednn_conv_general_dilated` runs covered convolutions in their own dtype
+  (float32, or bfloat16 accumulated in float32);
+- `onednn_fp32_conv_general_dilated` runs bfloat16 ones in float32 (bf16 in
+  and out), for CPUs on which oneDNN has no bf16 convolutions (no AVX-512).
+
+A model is given one of them (`IMPLEMENTATIONS`) as its `conv_general_dilated`
+field; nothing here is switched on or off process-wide. Which one a run uses
+is settled before compiling by `cifar_jax.precision`, from what this module
+reports of the machine: whether the extension loads (`available`), the
+instruction set oneDNN dispatches to (`cpu_isa`, which honours
+ONEDNN_MAX_CPU_ISA) and whether it can create the primitives of a dtype
+(`supports`). Convolutions oneDNN does not cover here (grouped or dilated
+ones, mixed dtypes, other layouts) always go to `lax.conv_general_dilated`.
+
+The extension is used only under the jaxlib it was compiled against (its FFI
+headers); under another, or if it does not load, `available()` is False and
+`unavailable_reason()` says how to rebuild it.
 
 Set the environment variable CIFAR_JAX_ONEDNN_VERBOSE=1 to print, for each
 new convolution geometry, the oneDNN kernel chosen for it (e.g.
-``brgconv:avx512_core_bf16``): the way to see that bf16 runs on native
-bf16 instructions.
+``brgconv:avx512_core_bf16``).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import importlib.metadata
-from typing import Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from jax import lax
 
-BACKENDS = ("auto", "onednn", "xla")
 _HANDLERS = ("OnednnConvForward", "OnednnConvBackwardData", "OnednnConvBackwardWeights")
 _NHWC = ("NHWC", "HWIO", "NHWC")
+REBUILD = ("pip install setuptools onednn-devel-cpu-gomp==2023.2.0 && "
+           "pip install --no-build-isolation --no-deps --force-reinstall -e .")
 
+_extension = None
 _load_error: str | None = None
-_loaded = False
-_enabled = False
 
 
 def _preload_onednn() -> None:
@@ -56,75 +64,48 @@ def _preload_onednn() -> None:
   raise OSError("onednn-cpu-gomp does not contain libdnnl.so.3")
 
 
+def _load():
+  from cifar_jax import _onednn_conv  # pylint: disable=import-outside-toplevel
+  return _onednn_conv
+
+
 def available() -> bool:
-  """Whether the oneDNN extension is built and loads; registers it once."""
-  global _loaded, _load_error
-  if _loaded or _load_error is not None:
-    return _loaded
+  """Whether the oneDNN extension is built for this jaxlib and loads;
+  registers its handlers once."""
+  global _extension, _load_error
+  if _extension is not None or _load_error is not None:
+    return _extension is not None
   try:
     _preload_onednn()
-    from cifar_jax import _onednn_conv  # pylint: disable=import-outside-toplevel
+    extension = _load()
+    built_for = getattr(extension, "JAXLIB_VERSION", "an unknown version")
+    if built_for != jaxlib.__version__:
+      raise ImportError(f"it was built against jaxlib {built_for}, but jaxlib "
+                        f"{jaxlib.__version__} is running")
     for name in _HANDLERS:
-      jax.ffi.register_ffi_target(name, getattr(_onednn_conv, name), platform="cpu")
-    _loaded = True
+      jax.ffi.register_ffi_target(name, getattr(extension, name), platform="cpu")
+    _extension = extension
   except (ImportError, OSError, importlib.metadata.PackageNotFoundError) as e:
-    _load_error = f"{type(e).__name__}: {e}"
-  return _loaded
+    _load_error = f"{type(e).__name__}: {e}; rebuild it with `{REBUILD}`"
+  return _extension is not None
 
 
 def unavailable_reason() -> str | None:
   return None if available() else _load_error
 
 
-def resolve(backend: str, *, platform: str, num_devices: int, parallel: str) -> bool:
-  """Whether convolutions should use oneDNN for a run with these settings.
-
-  "auto" picks oneDNN when it can (CPU, extension built, one program per
-  device); "onednn" insists and fails with the reason it cannot; "xla" never.
-  """
-  if backend not in BACKENDS:
-    raise ValueError(f"conv_backend must be one of {', '.join(BACKENDS)}, not {backend!r}.")
-  if backend == "xla":
-    return False
-  reasons = []
-  if platform != "cpu":
-    reasons.append(f"the backend is {platform}, and oneDNN here runs on CPUs only")
-  if parallel == "jit" and num_devices > 1:
-    reasons.append(f"parallel=jit over {num_devices} devices needs a sharding rule a "
-                   "custom call does not have (use parallel=pmap or one device)")
-  if not available():
-    reasons.append(f"the extension cifar_jax._onednn_conv does not load ({_load_error}); "
-                   "reinstall with `pip install -e .` on Linux x86-64 with a C++ compiler")
-  if backend == "onednn" and reasons:
-    raise ValueError("conv_backend=onednn is not possible: " + "; ".join(reasons)
-                     + ". Set --config.conv_backend=auto or xla.")
-  return not reasons
+def cpu_isa() -> str | None:
+  """The instruction set oneDNN dispatches to (e.g. "avx2",
+  "avx512_core_bf16", "avx512_core_amx"), after ONEDNN_MAX_CPU_ISA; None
+  without the extension."""
+  return _extension.cpu_isa() if available() else None
 
 
-def configure(backend: str, *, num_devices: int, parallel: str) -> bool:
-  """Sets the implementation for steps traced from now on; returns whether
-  it is oneDNN."""
-  global _enabled
-  _enabled = resolve(backend, platform=jax.default_backend(), num_devices=num_devices,
-                     parallel=parallel)
-  return _enabled
-
-
-def enabled() -> bool:
-  return _enabled
-
-
-@contextlib.contextmanager
-def use_onednn(flag: bool) -> Iterator[None]:
-  """Temporarily forces the choice (for tests and benchmarks)."""
-  global _enabled
-  if flag and not available():
-    raise RuntimeError(f"oneDNN convolutions are unavailable: {_load_error}")
-  previous, _enabled = _enabled, flag
-  try:
-    yield
-  finally:
-    _enabled = previous
+@functools.cache
+def supports(dtype: str) -> bool:
+  """Whether oneDNN can create the forward and both backward convolution
+  primitives for `dtype` ("f32" or "bf16") on this CPU."""
+  return available() and bool(_extension.supports(dtype))
 
 
 # ---- the differentiable oneDNN convolution -----------------------------------
@@ -187,20 +168,63 @@ def _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
   return given == wanted and 0 not in lhs.shape
 
 
-def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                         lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                         feature_group_count: int = 1, batch_group_count: int = 1,
-                         precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, run by oneDNN when enabled and covered."""
-  if _enabled and _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                           feature_group_count, batch_group_count, preferred_element_type):
+def _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+              dimension_numbers, feature_group_count, batch_group_count, precision,
+              preferred_element_type, *, bf16_in_fp32: bool):
+  if not available():  # registers the handlers, once
+    raise RuntimeError(f"oneDNN convolutions are unavailable: {_load_error}")
+  if _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+              feature_group_count, batch_group_count, preferred_element_type):
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
     if all(p >= 0 for pair in padding for p in pair):
-      return conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), padding)
+      strides = tuple(int(s) for s in window_strides)
+      if rhs.shape[:2] == (1, 1) and strides != (1, 1) and not any(sum(padding, ())):
+        # A strided 1x1 convolution is a unit-stride one on every s-th pixel.
+        # Computing it so keeps oneDNN off its strided 1x1 kernels: on AVX2,
+        # oneDNN 3.2's backward-weights one (jit_1x1 with its strided-input
+        # copy) returns wrong kernel gradients in about 1 call in 4 when it
+        # runs on several threads (tests/cpu_conv_test.py has the geometry).
+        lhs, strides = lhs[:, ::strides[0], ::strides[1]], (1, 1)
+      if bf16_in_fp32 and lhs.dtype == jnp.bfloat16:
+        y = conv_nhwc(lhs.astype(jnp.float32), rhs.astype(jnp.float32), strides, padding)
+        return y.astype(jnp.bfloat16)
+      return conv_nhwc(lhs, rhs, strides, padding)
   return lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
       feature_group_count=feature_group_count, batch_group_count=batch_group_count,
       precision=precision, preferred_element_type=preferred_element_type)
+
+
+def onednn_conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
+                                lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                                feature_group_count: int = 1, batch_group_count: int = 1,
+                                precision=None, preferred_element_type=None):
+  """`lax.conv_general_dilated`, run by oneDNN in the operands' dtype where covered."""
+  return _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count, precision,
+                   preferred_element_type, bf16_in_fp32=False)
+
+
+def onednn_fp32_conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
+                                     lhs_dilation=None, rhs_dilation=None,
+                                     dimension_numbers=None, feature_group_count: int = 1,
+                                     batch_group_count: int = 1, precision=None,
+                                     preferred_element_type=None):
+  """As `onednn_conv_general_dilated`, but bfloat16 convolutions are computed in
+  float32 and rounded back to bfloat16: what a bf16 convolution with float32
+  accumulation computes, on CPUs where oneDNN cannot create bf16 primitives."""
+  return _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                   dimension_numbers, feature_group_count, batch_group_count, precision,
+                   preferred_element_type, bf16_in_fp32=True)
+
+
+# The convolution implementations a model can be given, by the name
+# `cifar_jax.precision` settles on.
+IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
+    "xla": lax.conv_general_dilated,
+    "onednn": onednn_conv_general_dilated,
+    "onednn_fp32": onednn_fp32_conv_general_dilated,
+}

@@ -53,8 +53,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
   workdir = Path(workdir)
   train.setup_compilation_cache(config)
   par = parallel_lib.DataParallel(config.parallel)
-  train.select_conv_backend(config, par)
-  model = train.create_model(config, par.axis_name)
+  compute = train.choose_compute(config, par)
+  model = train.create_model(config, compute, par.axis_name)
   # The optimizer must match the run's for its state to restore; the schedule
   # length does not matter here.
   tx, _ = optim.create_optimizer(config, 1)

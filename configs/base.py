@@ -33,7 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128  # global, split across devices
   config.eval_batch_size = 500
   config.seed = 0
-  config.half_precision = False  # bf16 compute, fp32 params and BN statistics
+  # bf16 compute with fp32 params and BN statistics: True, False, or "auto"
+  # (bf16 where the device computes it natively; see cifar_jax/precision.py).
+  config.half_precision = ml_collections.config_dict.FieldReference(False, field_type=object)
   config.parallel = "jit"  # "jit" (sharded over all devices) or "pmap"
   # Convolutions: "auto" runs them with oneDNN on CPU when possible (several
   # times faster than XLA:CPU; see cifar_jax/cpu_conv.py), "xla" never,

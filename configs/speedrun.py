@@ -42,10 +42,11 @@ halves by itself; raise `ema_decay` to ~0.975 to keep the EMA's horizon in
 images.
 
 Not reproduced: freezing the whitening bias after 3 epochs (it trains
-throughout). Compute is bf16 (`half_precision`), as airbench's fp16 on GPU:
-with oneDNN convolutions on a CPU with AVX512-BF16 (or AMX) a step is about
-1.4x faster than in float32 (697 -> 507 ms at batch 256 on the 2-core
-development CPU). The README's speed-run figures were measured in bf16.
+throughout). Compute is `half_precision="auto"`: bf16 where the device has
+it natively, as airbench's fp16 on GPU (with oneDNN convolutions on a CPU with
+AVX512-BF16 or AMX a step is about 1.4x faster than in float32: 697 -> 507 ms
+at batch 256 on the 2-core development CPU), float32 on CPUs without (AVX2),
+where bf16 would be slower. The README's speed-run figures say which.
 
 Evaluation, with 10 TTA views for both the weights and their EMA, costs about
 half a training epoch, so it runs only after the last epoch, however many
@@ -60,7 +61,7 @@ def get_config():
   config.model.name = "speedrun"
   config.num_epochs = 12
   config.batch_size = 1024
-  config.half_precision = True
+  config.half_precision = "auto"
   config.eval_every_epochs = 0  # only after the last epoch
   config.label_smoothing = 0.2
   config.augment = "crop(pad=2, mode='reflect')"

@@ -27,7 +27,7 @@ What changes from configs/speedrun.py (airbench94):
   warm-up.
 
 Kept from airbench94: label smoothing 0.2, alternating flip, 2-pixel
-reflect translations, flip+translate TTA, bf16 compute.
+reflect translations, flip+translate TTA, half_precision="auto" (bf16 where native).
 Not reproduced: airbench94_muon trains the whitening bias at the
 BatchNorm-bias rate for 3 epochs and then freezes it; here it trains
 throughout at the head's rate.

@@ -34,14 +34,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import augment  # noqa: E402
-from cifar_jax import cpu_conv  # noqa: E402
 from cifar_jax import input_pipeline  # noqa: E402
 from cifar_jax import optim  # noqa: E402
 from cifar_jax import parallel as parallel_lib  # noqa: E402
+from cifar_jax import precision  # noqa: E402
 from cifar_jax import train  # noqa: E402
 
 
-def model_config(name: str, half_precision: bool, parallel: str, conv_backend: str = "auto",
+def model_config(name: str, half_precision: bool | str, parallel: str, conv_backend: str = "auto",
                  compilation_cache_dir: str | None = None):
   """configs/<name>.py when it exists, else the base config with that model."""
   try:
@@ -66,15 +66,15 @@ def _timed(fn, repeats: int) -> float:
   return (time.perf_counter() - start) / repeats
 
 
-def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = False,
+def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool | str = False,
               parallel: str = "jit", conv_backend: str = "auto",
               compilation_cache_dir: str | None = None) -> dict:
   config = model_config(name, half_precision, parallel, conv_backend, compilation_cache_dir)
   config.batch_size = config.eval_batch_size = batch
   train.setup_compilation_cache(config)
   par = parallel_lib.DataParallel(config.parallel)
-  conv_backend = train.select_conv_backend(config, par)
-  model = train.create_model(config, par.axis_name)
+  compute = train.choose_compute(config, par)
+  model = train.create_model(config, compute, par.axis_name)
   tx, _ = optim.create_optimizer(config, 100)
   state = train.create_train_state(config, model, tx)
   params = train.count_params(state.params)
@@ -125,7 +125,7 @@ def benchmark(name: str, batch: int, steps: int = 10, half_precision: bool = Fal
   return {"model": name, "batch": batch, "img_per_s": round(batch / train_s, 1),
           "eval_img_per_s": round(batch / eval_s, 1), "compile_s": round(compile_s, 2),
           "input_img_per_s": round(batch / input_s, 1), "devices": par.num_devices,
-          "dtype": "bfloat16" if half_precision else "float32", "conv": conv_backend,
+          "dtype": compute.dtype_name, "conv": compute.conv,
           "params": params}
 
 
@@ -134,17 +134,21 @@ def main(argv=None):
   parser.add_argument("--models", default="resnet18,my_cnn")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10, help="timed train steps per model")
-  parser.add_argument("--half_precision", action="store_true", help="bf16 compute")
+  parser.add_argument("--half_precision", nargs="?", const="true", default="false",
+                      choices=["true", "false", "auto"],
+                      help="config.half_precision: bf16 compute (alone: true); auto: "
+                           "bf16 where the device has it natively")
   parser.add_argument("--parallel", default="jit", choices=["jit", "pmap"])
-  parser.add_argument("--conv_backend", default="auto", choices=cpu_conv.BACKENDS,
+  parser.add_argument("--conv_backend", default="auto", choices=precision.CONV_BACKENDS,
                       help="convolution implementation (config.conv_backend)")
   parser.add_argument("--compilation_cache_dir", default=None,
                       help="persistent XLA cache (default: the config's; \"\" turns it off)")
   parser.add_argument("--json", action="store_true", help="one JSON line per model")
   args = parser.parse_args(argv)
+  half_precision = {"true": True, "false": False, "auto": "auto"}[args.half_precision]
   rows = []
   for name in args.models.split(","):
-    row = benchmark(name, args.batch, args.steps, args.half_precision, args.parallel,
+    row = benchmark(name, args.batch, args.steps, half_precision, args.parallel,
                     args.conv_backend, args.compilation_cache_dir)
     rows.append(row)
     if args.json:

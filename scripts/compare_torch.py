@@ -10,6 +10,12 @@ so both see the same machine load. It prints one JSON line per measurement
 and a table of the ratio JAX / PyTorch per round and their median. Absolute
 images/s drift on shared machines; only the ratios are meaningful.
 
+Each framework runs in its best precision for the CPU by default: JAX with
+half_precision=auto, PyTorch in bf16 autocast + channels-last (bf16_cl) where
+the CPU computes bf16 natively and fp32 channels-last (fp32_cl) elsewhere.
+`--isa=AVX2` sets ONEDNN_MAX_CPU_ISA for both (PyTorch's convolutions are
+oneDNN's too), which makes any newer CPU behave as one without AVX-512 or bf16.
+
 JAX's entry points run glibc malloc with transparent huge pages
 (cifar_jax/host_memory.py). PyTorch runs with the default allocator, as
 torch_reference.py does on its own, unless `--torch_malloc=huge_pages` gives
@@ -55,7 +61,9 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--torch_python", default=os.path.expanduser("~/.venvs/torchref/bin/python"))
   parser.add_argument("--torch_script", default=DEFAULT_TORCH_SCRIPT)
-  parser.add_argument("--torch_mode", default="fp32_cl", help="fp32, fp32_cl or bf16_cl")
+  parser.add_argument("--torch_mode", default="best",
+                      help="fp32, fp32_cl, bf16_cl, or best: bf16_cl where the CPU has native "
+                           "bf16, else fp32_cl")
   parser.add_argument("--models", default="resnet18,my_cnn")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=10)
@@ -63,11 +71,22 @@ def main(argv=None):
   parser.add_argument("--torch_malloc", default="default", choices=("default", "huge_pages"),
                       help="PyTorch's glibc malloc: default, or with transparent huge pages "
                            "as JAX's entry points use")
-  parser.add_argument("--half_precision", action="store_true", help="JAX in bf16")
+  parser.add_argument("--half_precision", default="auto", choices=("true", "false", "auto"),
+                      help="JAX's config.half_precision")
+  parser.add_argument("--isa", default=None,
+                      help="ONEDNN_MAX_CPU_ISA for both frameworks, e.g. AVX2")
   parser.add_argument("--conv_backends", default="auto",
                       help="comma-separated JAX convolution backends to time (auto, onednn, xla)")
   args = parser.parse_args(argv)
 
+  if args.isa:
+    os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa  # before oneDNN loads, here and in children
+  from cifar_jax import precision  # pylint: disable=import-outside-toplevel
+  machine = precision.Machine.detect()
+  if args.torch_mode == "best":
+    args.torch_mode = "bf16_cl" if machine.native_bf16 else "fp32_cl"
+  print(f"# CPU: {machine.cpu_isa}, native bf16: {machine.native_bf16}; "
+        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}", flush=True)
   backends = args.conv_backends.split(",")
   torch_env = torch_environment(args.torch_malloc)
   ratios: dict[tuple[str, str], list[float]] = {
@@ -79,8 +98,7 @@ def main(argv=None):
         jax_cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), f"--models={model}",
                    f"--batch={args.batch}", f"--steps={args.steps}", "--json",
                    f"--conv_backend={backend}"]
-        if args.half_precision:
-          jax_cmd.append("--half_precision")
+        jax_cmd.append(f"--half_precision={args.half_precision}")
         jax_rows.append(_run_json_lines(jax_cmd)[0])
       torch_row = _run_json_lines([args.torch_python, args.torch_script, f"--models={model}",
                                    f"--modes={args.torch_mode}", f"--batch={args.batch}",
@@ -92,7 +110,8 @@ def main(argv=None):
             "round": round_index, "model": model, "jax_img_per_s": jax_row["img_per_s"],
             "jax_dtype": jax_row["dtype"], "jax_conv": jax_row["conv"],
             "torch_img_per_s": torch_row["img_per_s"], "torch_mode": args.torch_mode,
-            "torch_malloc": args.torch_malloc, "ratio": round(ratio, 3)}), flush=True)
+            "torch_malloc": args.torch_malloc, "cpu_isa": machine.cpu_isa,
+            "ratio": round(ratio, 3)}), flush=True)
   print(f"\n{'model':<12} {'conv':<8} {'JAX / PyTorch (' + args.torch_mode + ')':<28} median")
   for (model, backend), values in ratios.items():
     print(f"{model:<12} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "

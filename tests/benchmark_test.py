@@ -101,3 +101,27 @@ def test_compare_torch_gives_pytorch_the_chosen_allocator(monkeypatch):
   assert compare.torch_environment("huge_pages")[tunables] == compare.host_memory.TUNABLE
   with pytest.raises(ValueError, match="huge_pages"):
     compare.torch_environment("jemalloc")
+
+
+@pytest.mark.parametrize("native_bf16,torch_mode", [(True, "bf16_cl"), (False, "fp32_cl")])
+def test_compare_torch_runs_each_side_in_its_best_precision(monkeypatch, native_bf16,
+                                                            torch_mode):
+  from cifar_jax import precision
+  compare = _script("compare_torch")
+  machine = precision.Machine("cpu", "avx2", native_bf16, None, True, native_bf16)
+  monkeypatch.setattr(precision.Machine, "detect", classmethod(lambda cls: machine))
+  monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+  calls = []
+
+  def fake_run(cmd, env=None):
+    calls.append((cmd, dict(os.environ if env is None else env)))
+    return [{"model": "lenet5", "img_per_s": 10.0, "dtype": "float32", "conv": "onednn"}]
+
+  monkeypatch.setattr(compare, "_run_json_lines", fake_run)
+  out = _stdout_of(compare.main, ["--models=lenet5", "--rounds=1", "--isa=AVX2"])
+  (jax_cmd, jax_env), (torch_cmd, torch_env) = calls
+  assert "--half_precision=auto" in jax_cmd
+  assert f"--modes={torch_mode}" in torch_cmd
+  assert jax_env["ONEDNN_MAX_CPU_ISA"] == torch_env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+  assert json.loads(out.splitlines()[1])["torch_mode"] == torch_mode
+  monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")  # compare_torch set it for its children

@@ -15,14 +15,15 @@ from cifar_jax import evaluate
 from cifar_jax import metrics as metrics_lib
 from cifar_jax import optim
 from cifar_jax import parallel
+from cifar_jax import precision
 from cifar_jax import train
 from conftest import make_split
 
 
-def _run_steps(config, mode, num_devices, split, num_steps=3):
+def _run_steps(config, mode, num_devices, split, num_steps=3, compute=precision.XLA_FORM):
   """Trains `num_steps` steps on fixed batches; returns (losses, params)."""
   par = parallel.DataParallel(mode, num_devices)
-  model = train.create_model(config, par.axis_name)
+  model = train.create_model(config, compute, par.axis_name)
   tx, _ = optim.create_optimizer(config, 10)
   state = par.replicate(train.create_train_state(config, model, tx))
   step_fn = functools.partial(train.train_step, augment_fn=augment.build(config.augment),

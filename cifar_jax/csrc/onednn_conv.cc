@@ -11,7 +11,12 @@
 // Attributes: stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right.
 //
 // The module is also a Python extension (cifar_jax._onednn_conv) whose
-// attributes are PyCapsules of the handlers, for jax.ffi.register_ffi_target.
+// attributes are PyCapsules of the handlers, for jax.ffi.register_ffi_target,
+// plus what Python needs to decide before compiling whether these handlers
+// can serve a run: `cpu_isa()` (the instruction set oneDNN dispatches to,
+// after ONEDNN_MAX_CPU_ISA), `supports(dtype)` (whether the three primitives
+// can be created for "f32" or "bf16" on this CPU) and JAXLIB_VERSION (the
+// jaxlib whose FFI headers it was compiled against).
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -254,6 +259,54 @@ ffi::Error BackwardWeights(Buffer x, Buffer dy, Result dw, int64_t sh, int64_t s
              dy.untyped_data());
 }
 
+// Whether oneDNN can create the forward, backward-data and backward-weights
+// primitives for `type` on this CPU (e.g. bf16 on a CPU without AVX-512 it
+// cannot): asked once at start-up so that a run never fails in a step.
+bool Supports(Type type) {
+  const Geometry g{2, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1, type};
+  try {
+    for (Direction d : {Direction::kForward, Direction::kBackwardData,
+                        Direction::kBackwardWeights}) {
+      MakePlan(d, g);
+    }
+  } catch (const dnnl::error&) {
+    return false;
+  }
+  return true;
+}
+
+const char* IsaName(dnnl::cpu_isa isa) {
+  switch (isa) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx2_vnni_2: return "avx2_vnni_2";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_fp16: return "avx512_core_fp16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    case dnnl::cpu_isa::avx512_core_amx_fp16: return "avx512_core_amx_fp16";
+    default: return "default";
+  }
+}
+
+PyObject* PySupports(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  const std::string dtype(name);
+  if (dtype != "f32" && dtype != "bf16") {
+    PyErr_SetString(PyExc_ValueError, "supports() takes 'f32' or 'bf16'");
+    return nullptr;
+  }
+  return PyBool_FromLong(Supports(dtype == "f32" ? Type::f32 : Type::bf16));
+}
+
+PyObject* PyCpuIsa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(IsaName(dnnl::get_effective_cpu_isa()));
+}
+
 }  // namespace
 
 #define CONV_BINDING()                                                       \
@@ -272,8 +325,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, CONV_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData, CONV_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights, CONV_BINDING());
 
+#ifndef CIFAR_JAX_JAXLIB_VERSION
+#error "setup.py defines CIFAR_JAX_JAXLIB_VERSION, the jaxlib the FFI headers come from"
+#endif
+
+static PyMethodDef methods[] = {
+    {"supports", PySupports, METH_O,
+     "supports(dtype) -> bool: oneDNN can create the convolution primitives for "
+     "'f32' or 'bf16' on this CPU."},
+    {"cpu_isa", PyCpuIsa, METH_NOARGS,
+     "cpu_isa() -> str: the instruction set oneDNN dispatches to (ONEDNN_MAX_CPU_ISA "
+     "applied)."},
+    {nullptr, nullptr, 0, nullptr}};
+
 static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_onednn_conv",
-                                 "oneDNN convolution handlers for XLA FFI.", -1};
+                                 "oneDNN convolution handlers for XLA FFI.", -1, methods};
 
 PyMODINIT_FUNC PyInit__onednn_conv(void) {
   PyObject* module = PyModule_Create(&module_def);
@@ -282,6 +348,10 @@ PyMODINIT_FUNC PyInit__onednn_conv(void) {
       {"OnednnConvForward", OnednnConvForward},
       {"OnednnConvBackwardData", OnednnConvBackwardData},
       {"OnednnConvBackwardWeights", OnednnConvBackwardWeights}};
+  if (PyModule_AddStringConstant(module, "JAXLIB_VERSION", CIFAR_JAX_JAXLIB_VERSION) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
   for (const auto& [name, handler] : handlers) {
     PyObject* capsule = PyCapsule_New(reinterpret_cast<void*>(handler), nullptr, nullptr);
     if (capsule == nullptr || PyModule_AddObject(module, name, capsule) < 0) {

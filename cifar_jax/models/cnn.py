@@ -41,12 +41,14 @@ class SixConvNet(nn.Module):
   widths: Sequence[int] = (16, 32, 64, 64, 128, 128)
   hidden: int = 512
   dropout_rate: float = 0.5
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
     for i, features in enumerate(self.widths):
-      x = nn.relu(layers.Conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x))
+      x = nn.relu(conv(features, (3, 3), padding="SAME", dtype=self.dtype)(x))
       if i % 2 == 1:
         x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
@@ -62,13 +64,15 @@ class SimpleCNN(nn.Module):
   bn_axis_name: str | None = None  # No BatchNorm; accepted for the contract.
   widths: Sequence[int] = (8, 16)
   hidden: Sequence[int] = (128, 32)
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
-    x = nn.relu(layers.Conv(self.widths[0], (5, 5), padding="VALID", dtype=self.dtype)(x))
+    x = nn.relu(conv(self.widths[0], (5, 5), padding="VALID", dtype=self.dtype)(x))
     x = layers.max_pool(x, 2)
-    x = nn.relu(layers.Conv(self.widths[1], (3, 3), padding="VALID", dtype=self.dtype)(x))
+    x = nn.relu(conv(self.widths[1], (3, 3), padding="VALID", dtype=self.dtype)(x))
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     for features in self.hidden:
@@ -88,6 +92,7 @@ class DeepCNN(nn.Module):
   widths: Sequence[int] = (20, 24, 32, 40, 48, 56, 64, 72)
   hidden: Sequence[int] = (256, 64, 32, 16)
   dropout_rates: Sequence[float] = (0.3, 0.1)
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -95,9 +100,10 @@ class DeepCNN(nn.Module):
       raise ValueError("deep_cnn needs 8 conv widths and 4 hidden widths")
     norm = functools.partial(layers.batch_norm, train, self.dtype,
                              self.bn_axis_name, use_affine=False)
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
     for i, features in enumerate(self.widths):
-      x = layers.Conv(features, (3, 3), padding="VALID", dtype=self.dtype)(x)
+      x = conv(features, (3, 3), padding="VALID", dtype=self.dtype)(x)
       if i in (0, 4):
         x = norm()(x)
       x = nn.relu(x)

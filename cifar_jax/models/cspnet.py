@@ -37,10 +37,11 @@ class CSPBlock(nn.Module):
   num_units: int
   norm: Callable[[], nn.Module]
   act: Callable[[jnp.ndarray], jnp.ndarray]
+  conv: layers.ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x):
-    unit = functools.partial(ConvNormAct, norm=self.norm, act=self.act)
+    unit = functools.partial(ConvNormAct, norm=self.norm, act=self.act, conv=self.conv)
     half = self.features // 2
     shortcut_path = unit(half, 1, name="split_shortcut")(x)
     y = unit(half, 1, name="split_main")(x)
@@ -62,6 +63,7 @@ class CSPNet(nn.Module):
   depths: Sequence[int] = (2, 4)
   activation: str = "mish"
   dropout_rate: float = 0.0
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -69,14 +71,15 @@ class CSPNet(nn.Module):
       raise ValueError("widths needs one entry per stride-2 conv, i.e. "
                        f"len(depths) + 1; got {self.widths} and {self.depths}")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
+    conv = layers.conv_module(self.conv_general_dilated)
     unit = functools.partial(ConvNormAct, norm=norm,
-                             act=layers.activation(self.activation))
+                             act=layers.activation(self.activation), conv=conv)
     x = x.astype(self.dtype)
     x = unit(self.stem_width, 3, name="stem")(x)
     x = unit(self.widths[0], 3, 2, name="down0")(x)
     for i, depth in enumerate(self.depths):
       x = CSPBlock(self.widths[i], depth, norm, layers.activation(self.activation),
-                   name=f"csp{i}")(x)
+                   conv, name=f"csp{i}")(x)
       x = unit(self.widths[i + 1], 3, 2, name=f"down{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

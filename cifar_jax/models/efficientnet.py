@@ -54,12 +54,13 @@ class SqueezeExcite(nn.Module):
   """Channel gates from globally pooled features: reduce, act, expand, sigmoid."""
   squeeze_features: int
   act: Callable[[jnp.ndarray], jnp.ndarray]
+  conv: layers.ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x):
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = self.act(layers.Conv(self.squeeze_features, (1, 1), dtype=x.dtype)(s))
-    s = nn.sigmoid(layers.Conv(x.shape[-1], (1, 1), dtype=x.dtype)(s))
+    s = self.act(self.conv(self.squeeze_features, (1, 1), dtype=x.dtype)(s))
+    s = nn.sigmoid(self.conv(x.shape[-1], (1, 1), dtype=x.dtype)(s))
     return x * s
 
 
@@ -72,19 +73,20 @@ class MBConv(nn.Module):
   drop_rate: float
   norm: Callable[[], nn.Module]
   act: Callable[[jnp.ndarray], jnp.ndarray]
+  conv: layers.ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x, train: bool):
     in_features = x.shape[-1]
     hidden = in_features * self.expand_ratio
+    unit = functools.partial(ConvNormAct, norm=self.norm, conv=self.conv)
     y = x
     if self.expand_ratio != 1:
-      y = ConvNormAct(hidden, 1, norm=self.norm, act=self.act)(y)
-    y = ConvNormAct(hidden, self.kernel_size, self.strides, groups=hidden,
-                    norm=self.norm, act=self.act)(y)
+      y = unit(hidden, 1, act=self.act)(y)
+    y = unit(hidden, self.kernel_size, self.strides, groups=hidden, act=self.act)(y)
     if self.se_ratio > 0:
-      y = SqueezeExcite(max(1, int(in_features * self.se_ratio)), self.act)(y)
-    y = ConvNormAct(self.features, 1, norm=self.norm, act=None)(y)
+      y = SqueezeExcite(max(1, int(in_features * self.se_ratio)), self.act, self.conv)(y)
+    y = unit(self.features, 1, act=None)(y)
     if self.strides == 1 and in_features == self.features:
       y = x + DropPath(self.drop_rate)(y, deterministic=not train)
     return y
@@ -104,6 +106,7 @@ class EfficientNet(nn.Module):
   strides: Sequence[int] = (1, 1, 2, 2, 1, 2, 1)  # ImageNet: (1, 2, 2, 2, 1, 2, 1)
   head_features: int = 1280
   activation: str = "swish"
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -112,9 +115,10 @@ class EfficientNet(nn.Module):
                        f"({len(self.stages)})")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
     x = ConvNormAct(round_filters(32, self.width_mult), 3, self.stem_stride,
-                    norm=norm, act=act, name="stem")(x)
+                    norm=norm, act=act, conv=conv, name="stem")(x)
     repeats = [round_repeats(r, self.depth_mult) for *_, r in self.stages]
     drop_rates = np.linspace(0.0, self.drop_connect_rate, sum(repeats) + 1)[:-1]
     block = 0
@@ -122,10 +126,10 @@ class EfficientNet(nn.Module):
       for i in range(n):
         x = MBConv(round_filters(out, self.width_mult), expand, kernel,
                    stride if i == 0 else 1, self.se_ratio, float(drop_rates[block]),
-                   norm, act)(x, train)
+                   norm, act, conv)(x, train)
         block += 1
     x = ConvNormAct(round_filters(self.head_features, self.width_mult), 1,
-                    norm=norm, act=act, name="head_conv")(x)
+                    norm=norm, act=act, conv=conv, name="head_conv")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -1,5 +1,6 @@
-"""Building blocks shared by several model families: the convolution, norm,
-activations, conv-norm-act units, stochastic depth, pooling and the transformer MLP."""
+"""Building blocks shared by several model families: the convolution
+implementation a model is given, norm, activations, conv-norm-act units,
+stochastic depth, pooling and the transformer MLP."""
 from __future__ import annotations
 
 import functools
@@ -8,12 +9,23 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from cifar_jax import cpu_conv
+# How a model computes its convolutions is an input of the model, never
+# process state: every registered model takes a `conv_general_dilated` field
+# (a function with `lax.conv_general_dilated`'s signature, XLA's by default;
+# `cifar_jax.cpu_conv` has the oneDNN ones) and hands its blocks an nn.Conv
+# bound to it, as flax's ResNet example takes `conv=`.
+ConvFn = Callable[..., jax.Array]
+ModuleDef = Any  # a Module class or a functools.partial of one
+xla_conv: ConvFn = lax.conv_general_dilated
 
-# flax's Conv with the convolution chosen by cpu_conv (oneDNN on CPU when
-# enabled, else XLA); parameters and names are those of nn.Conv.
-Conv = functools.partial(nn.Conv, conv_general_dilated=cpu_conv.conv_general_dilated)
+
+def conv_module(conv_general_dilated: ConvFn) -> ModuleDef:
+  """nn.Conv (same parameters and names) computing with `conv_general_dilated`."""
+  if conv_general_dilated is xla_conv:
+    return nn.Conv
+  return functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "relu": nn.relu,
@@ -66,15 +78,16 @@ class ConvNormAct(nn.Module):
   groups: int = 1
   norm: Callable[[], nn.Module] | None = None
   act: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+  conv: ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x):
     if self.kernel_size % 2 != 1:
       raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
     pad = self.kernel_size // 2
-    x = Conv(self.features, (self.kernel_size, self.kernel_size), self.strides,
-                padding=pad, feature_group_count=self.groups,
-                use_bias=self.norm is None, dtype=x.dtype)(x)
+    x = self.conv(self.features, (self.kernel_size, self.kernel_size), self.strides,
+                  padding=pad, feature_group_count=self.groups,
+                  use_bias=self.norm is None, dtype=x.dtype)(x)
     if self.norm is not None:
       x = self.norm()(x)
     if self.act is not None:

@@ -19,12 +19,14 @@ class LeNet5(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None  # No BatchNorm; accepted for the contract.
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
     for features in (6, 16):
-      x = nn.relu(layers.Conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x))
+      x = nn.relu(conv(features, (5, 5), padding="VALID", dtype=self.dtype)(x))
       x = layers.max_pool(x, 2)
     x = x.reshape((x.shape[0], -1))
     for features in (120, 84):

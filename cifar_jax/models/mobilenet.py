@@ -45,17 +45,18 @@ class InvertedResidual(nn.Module):
   expand_ratio: int
   norm: Any
   act: Any
+  conv: layers.ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x):
     in_features = x.shape[-1]
     hidden = int(round(in_features * self.expand_ratio))
+    unit = functools.partial(ConvNormAct, norm=self.norm, conv=self.conv)
     y = x
     if self.expand_ratio != 1:
-      y = ConvNormAct(hidden, 1, norm=self.norm, act=self.act)(y)
-    y = ConvNormAct(hidden, 3, self.strides, groups=hidden, norm=self.norm,
-                    act=self.act)(y)
-    y = ConvNormAct(self.features, 1, norm=self.norm, act=None)(y)
+      y = unit(hidden, 1, act=self.act)(y)
+    y = unit(hidden, 3, self.strides, groups=hidden, act=self.act)(y)
+    y = unit(self.features, 1, act=None)(y)
     if self.strides == 1 and in_features == self.features:
       y = x + y
     return y
@@ -72,6 +73,7 @@ class MobileNetV2(nn.Module):
   strides: Sequence[int] = (1, 1, 2, 2, 1, 2, 1)  # ImageNet: (1, 2, 2, 2, 1, 2, 1)
   last_features: int = 1280
   activation: str = "relu6"
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -80,15 +82,16 @@ class MobileNetV2(nn.Module):
                        f"({len(self.stages)})")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
     x = ConvNormAct(make_divisible(32 * self.width_mult), 3, self.stem_stride,
-                    norm=norm, act=act, name="stem")(x)
+                    norm=norm, act=act, conv=conv, name="stem")(x)
     for (t, c, n), s in zip(self.stages, self.strides):
       for i in range(n):
         x = InvertedResidual(make_divisible(c * self.width_mult),
-                             s if i == 0 else 1, t, norm, act)(x)
+                             s if i == 0 else 1, t, norm, act, conv)(x)
     last = make_divisible(self.last_features * max(1.0, self.width_mult))
-    x = ConvNormAct(last, 1, norm=norm, act=act, name="last_conv")(x)
+    x = ConvNormAct(last, 1, norm=norm, act=act, conv=conv, name="last_conv")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -30,6 +30,7 @@ class BasicBlock(nn.Module):
   act: Any
   kernel_size: int = 3
   skip_kernel_size: int = 1
+  conv: layers.ModuleDef = nn.Conv
   expansion = 1
 
   @nn.compact
@@ -37,13 +38,13 @@ class BasicBlock(nn.Module):
     k = self.kernel_size
     if k % 2 != 1:
       raise ValueError(f"kernel_size must be odd, got {k}")
-    y = layers.Conv(self.features, (k, k), self.strides, padding=k // 2,
-                use_bias=False, dtype=x.dtype)(x)
+    y = self.conv(self.features, (k, k), self.strides, padding=k // 2,
+                  use_bias=False, dtype=x.dtype)(x)
     y = self.act(self.norm()(y))
-    y = layers.Conv(self.features, (k, k), padding=k // 2, use_bias=False,
-                dtype=x.dtype)(y)
+    y = self.conv(self.features, (k, k), padding=k // 2, use_bias=False,
+                  dtype=x.dtype)(y)
     y = self.norm()(y)
-    return self.act(y + _shortcut(x, self.features, self.strides, self.norm,
+    return self.act(y + _shortcut(x, self.features, self.strides, self.norm, self.conv,
                                   self.skip_kernel_size))
 
 
@@ -52,28 +53,30 @@ class Bottleneck(nn.Module):
   strides: int
   norm: Any
   act: Any
+  conv: layers.ModuleDef = nn.Conv
   expansion = 4
 
   @nn.compact
   def __call__(self, x):
     out = self.features * self.expansion
-    y = self.act(self.norm()(layers.Conv(self.features, (1, 1), use_bias=False,
-                                     dtype=x.dtype)(x)))
-    y = layers.Conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
-                dtype=x.dtype)(y)
+    y = self.act(self.norm()(self.conv(self.features, (1, 1), use_bias=False,
+                                       dtype=x.dtype)(x)))
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
+                  dtype=x.dtype)(y)
     y = self.act(self.norm()(y))
-    y = self.norm()(layers.Conv(out, (1, 1), use_bias=False, dtype=x.dtype)(y))
-    return self.act(y + _shortcut(x, out, self.strides, self.norm))
+    y = self.norm()(self.conv(out, (1, 1), use_bias=False, dtype=x.dtype)(y))
+    return self.act(y + _shortcut(x, out, self.strides, self.norm, self.conv))
 
 
-def _shortcut(x, features: int, strides: int, norm, kernel_size: int = 1):
+def _shortcut(x, features: int, strides: int, norm, conv: layers.ModuleDef,
+              kernel_size: int = 1):
   """Identity, or a kxk (default 1x1) projection + BN when the shape changes."""
   if strides == 1 and x.shape[-1] == features:
     return x
   if kernel_size % 2 != 1:
     raise ValueError(f"skip kernel_size must be odd, got {kernel_size}")
-  y = layers.Conv(features, (kernel_size, kernel_size), strides,
-              padding=kernel_size // 2, use_bias=False, dtype=x.dtype)(x)
+  y = conv(features, (kernel_size, kernel_size), strides,
+           padding=kernel_size // 2, use_bias=False, dtype=x.dtype)(x)
   return norm()(y)
 
 
@@ -86,18 +89,20 @@ class ResNet(nn.Module):
   width: int = 64
   dropout_rate: float = 0.0
   activation: str = "relu"
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
-    x = layers.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    x = conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
     x = act(norm()(x))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = self.block(self.width * 2**stage, strides, norm, act)(x)
+        x = self.block(self.width * 2**stage, strides, norm, act, conv=conv)(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

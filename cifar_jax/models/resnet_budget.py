@@ -45,6 +45,7 @@ class ResNetBudget(nn.Module):
   pool_size: int = 8
   dropout_rate: float = 0.0
   activation: str = "relu"
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -57,15 +58,16 @@ class ResNetBudget(nn.Module):
           f"{self.kernel_sizes}, {self.skip_kernel_sizes}")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
+    conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
-    x = layers.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    x = conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
     x = act(norm()(x))
     for stage in range(n):
       for b in range(self.stage_sizes[stage]):
         strides = 2 if stage > 0 and b == 0 else 1
         x = BasicBlock(self.widths[stage], strides, norm, act,
                        kernel_size=self.kernel_sizes[stage],
-                       skip_kernel_size=self.skip_kernel_sizes[stage])(x)
+                       skip_kernel_size=self.skip_kernel_sizes[stage], conv=conv)(x)
     if self.pool_size > x.shape[1]:
       raise ValueError(f"pool_size {self.pool_size} exceeds the final "
                        f"{x.shape[1]}x{x.shape[2]} map")

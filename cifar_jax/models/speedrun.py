@@ -45,7 +45,6 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import cpu_conv
 from cifar_jax import models
 from cifar_jax.models import layers
 
@@ -107,6 +106,7 @@ class PatchWhitening(nn.Module):
   """
   patch_size: int = 2
   dtype: Any = jnp.float32
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x):
@@ -119,7 +119,7 @@ class PatchWhitening(nn.Module):
 
     kernel = self.variable("batch_stats", "kernel", identity_filters).value
     bias = self.param("bias", nn.initializers.zeros, (2 * dim,), jnp.float32)
-    y = cpu_conv.conv_general_dilated(
+    y = self.conv_general_dilated(
         x, kernel.astype(self.dtype), (1, 1), "VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y + bias.astype(self.dtype)
@@ -145,10 +145,11 @@ class ConvGroup(nn.Module):
   norm: Any
   act: Any
   dtype: Any = jnp.float32
+  conv: layers.ModuleDef = nn.Conv
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(layers.Conv, self.features, (3, 3), use_bias=False,
+    conv = functools.partial(self.conv, self.features, (3, 3), use_bias=False,
                              dtype=self.dtype, kernel_init=dirac_init)
     height, width = x.shape[1:3]
     if height != width:
@@ -168,6 +169,7 @@ class SpeedrunNet(nn.Module):
   bn_momentum: float = 0.6
   logit_scale: float = 1.0 / 9.0
   activation: str = "gelu"
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -175,9 +177,11 @@ class SpeedrunNet(nn.Module):
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name,
                              momentum=self.bn_momentum, use_scale=False)
     x = x.astype(self.dtype)
-    x = act(PatchWhitening(self.whiten_patch_size, self.dtype, name="whiten")(x))
+    x = act(PatchWhitening(self.whiten_patch_size, self.dtype, self.conv_general_dilated,
+                           name="whiten")(x))
+    conv = layers.conv_module(self.conv_general_dilated)
     for features in self.widths:
-      x = ConvGroup(features, norm, act, self.dtype)(x)
+      x = ConvGroup(features, norm, act, self.dtype, conv)(x)
     x = jnp.max(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
                  kernel_init=_torch_uniform)(x)

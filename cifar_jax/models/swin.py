@@ -171,6 +171,7 @@ class SwinTransformer(nn.Module):
   drop_rate: float = 0.0
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.2
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -179,8 +180,9 @@ class SwinTransformer(nn.Module):
                        "need one entry per stage")
     x = x.astype(self.dtype)
     p = self.patch_size
-    x = layers.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, name="patch_embed")(x)
+    x = layers.conv_module(self.conv_general_dilated)(
+        self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+        name="patch_embed")(x)
     x = _LayerNorm(dtype=self.dtype, name="patch_norm")(x)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))

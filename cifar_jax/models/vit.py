@@ -86,13 +86,15 @@ class VisionTransformer(nn.Module):
   dropout_rate: float = 0.0
   attn_dropout_rate: float = 0.0
   drop_path_rate: float = 0.1
+  conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
     p = self.patch_size
-    x = layers.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID",
-                dtype=self.dtype, name="patch_embed")(x)
+    x = layers.conv_module(self.conv_general_dilated)(
+        self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+        name="patch_embed")(x)
     b = x.shape[0]
     x = x.reshape(b, -1, self.embed_dim)
     cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.embed_dim))
