@@ -24,3 +24,16 @@ def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
       sys.exit(f"{prog}: error: bad --config override: {message.rstrip('.')}. The keys "
                "are those of configs/base.py plus the config file's.")
   return parse
+
+
+def config_or_exit(prog: str):
+  """`FLAGS.config`, or one line when its file cannot be loaded (config_flags
+  then hands out a stand-in that raises OSError, with a long story, on first
+  use)."""
+  config = flags.FLAGS.config
+  try:
+    config.keys()  # a file that failed to load is a stand-in that raises here
+  except OSError as e:
+    reason = str(e).strip().splitlines()[-1].strip()
+    sys.exit(f"{prog}: error: cannot load the --config file: {reason}. Pass a path such "
+             "as configs/resnet18.py.")

@@ -70,7 +70,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
   state, meta = restored
   if split is None:
     split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
-                                      config.dataset.data_dir)
+                                      config.dataset.data_dir, key="dataset.eval_split")
   state = par.replicate(state)
   evaluator = train.Evaluator(config, par, split, state, use_ema=bool(config.ema_decay))
   sums, per_example = evaluator.run(state, per_example=True)

@@ -46,9 +46,16 @@ def resolve_data_dir(data_dir: str | None) -> str | None:
   return data_dir or os.environ.get("TFDS_DATA_DIR") or None
 
 
+class EmptySplitError(ValueError):
+  """A split string selects no examples."""
+
+
 def load_split(dataset_name: str, split: str, data_dir: str | None = None,
-               download: bool = True) -> ArraySplit:
-  """Reads a whole tfds split (slices like 'train[45000:]' allowed) into memory."""
+               download: bool = True, key: str = "dataset split") -> ArraySplit:
+  """Reads a whole tfds split (slices like 'train[45000:]' allowed) into memory.
+
+  `key` names the config key the split came from, for the error when it
+  selects no examples."""
   import tensorflow as tf  # Imported late: TensorFlow is slow to start.
   import tensorflow_datasets as tfds
 
@@ -59,6 +66,7 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
                            as_supervised=True)
   try:
     builder = tfds.builder(dataset_name, data_dir=data_dir)
+    _check_not_empty(builder, split, key)
     try:
       ds = load(download=False)
     except AssertionError:  # tfds' way of saying the data is not prepared there
@@ -66,6 +74,8 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
       print(f"{dataset_name} is not in {where}: downloading and preparing it there.",
             file=sys.stderr)
       ds = load(download=True)
+  except EmptySplitError:
+    raise
   except ValueError as e:
     if "split" not in str(e).lower():
       raise
@@ -90,6 +100,21 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
     class_names = CIFAR10_CLASSES  # builder info read without its label file (mock data)
   return ArraySplit(split, np.concatenate(images).astype(np.uint8),
                     np.concatenate(labels).astype(np.int32), class_names)
+
+
+def _check_not_empty(builder, split: str, key: str) -> None:
+  """Fails, naming `key`, when the prepared data has no example in `split`
+  (e.g. 'train[:0]'); says nothing when the data is not prepared yet."""
+  try:
+    size = builder.info.splits[split].num_examples
+  except Exception:  # noqa: BLE001 - not prepared, or a split tfds rejects later
+    return
+  if size == 0:
+    sizes = ", ".join(f"{name}: {info.num_examples}"
+                      for name, info in builder.info.splits.items())
+    raise EmptySplitError(
+        f"config.{key}={split!r} selects no examples of {builder.name} ({sizes}). "
+        "Choose a non-empty slice, e.g. 'train[:45000]'.")
 
 
 def _check_download_possible(builder, download: bool) -> None:

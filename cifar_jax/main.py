@@ -43,17 +43,22 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.
-  from cifar_jax import checkpoint, evaluate, input_pipeline, metrics, train
+  from cifar_jax import checkpoint, evaluate, input_pipeline, metrics, train, workdir
 
   known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
-                  checkpoint.NoCheckpointError, metrics.NonFiniteLossError, ValueError)
+                  checkpoint.NoCheckpointError, metrics.NonFiniteLossError,
+                  workdir.WorkdirBusyError, ValueError)
+  config = cli.config_or_exit("cifar_jax")
   try:
     if FLAGS.mode == "train":
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+      train.train_and_evaluate(config, FLAGS.workdir)
     else:
-      evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+      evaluate.evaluate(config, FLAGS.workdir)
   except known_errors as e:
     sys.exit(f"cifar_jax: error: {e}")
+  except KeyboardInterrupt:  # the second Ctrl-C, possibly in the middle of a save
+    sys.exit("cifar_jax: interrupted. The workdir keeps its last complete checkpoint "
+             "(a save cut short is cleaned up): run the same command to resume.")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,17 @@ class Accumulator:
     return {} if self._sums is None else jax.tree.map(np.asarray, jax.device_get(self._sums))
 
 
+def to_host(sums: dict[str, np.ndarray]) -> dict[str, float]:
+  """Fetched sums as plain numbers, e.g. to store in a checkpoint's JSON meta."""
+  return {k: np.asarray(v).item() for k, v in sums.items() if np.ndim(v) == 0}
+
+
+def from_host(sums: dict[str, float]) -> dict[str, jax.Array]:
+  """`to_host`'s numbers back as step metrics (the dtypes the steps return)."""
+  return {k: jnp.asarray(v, jnp.int32 if isinstance(v, int) else jnp.float32)
+          for k, v in sums.items()}
+
+
 def means(sums: dict[str, np.ndarray]) -> dict[str, float]:
   """Turns sums into `loss` and `accuracy` means over `count` examples."""
   count = float(sums["count"])

@@ -31,7 +31,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from cifar_jax import writers  # jax-free, so the report starts fast
+from cifar_jax import workdir as workdir_lib  # jax-free, as is writers,
+from cifar_jax import writers  # so the report starts fast
 
 METRICS_FILE = writers.METRICS_FILE
 MISTAKES_SUFFIX = "_mistakes"
@@ -111,19 +112,13 @@ def _read_json(path: Path, run: RunData, what: str) -> Any:
 
 
 def _read_metrics(path: Path, run: RunData) -> list[dict[str, Any]]:
-  """Records of metrics.jsonl; a half-written last line (run still going) is skipped."""
-  records = []
-  lines = [l for l in path.read_text().splitlines() if l.strip()]
-  for i, line in enumerate(lines):
-    try:
-      record = json.loads(line)
-    except ValueError:
-      if i != len(lines) - 1:
-        run.notes.append(f"skipped a malformed line {i + 1} of `{METRICS_FILE}`")
-      continue
-    if isinstance(record, dict) and "epoch" in record:
-      records.append(record)
-  return records
+  """Records of metrics.jsonl; lines that are not records (a half-written
+  last line while the run goes on) are skipped and noted."""
+  records, bad_lines = workdir_lib.read_jsonl(path)
+  last = len(path.read_text().rstrip("\n").splitlines())
+  run.notes.extend(f"skipped a malformed line {n} of `{METRICS_FILE}`"
+                   for n in bad_lines if n != last)
+  return [r for r in records if "epoch" in r]
 
 
 def _load_mistakes(path: Path) -> dict[str, np.ndarray] | None:

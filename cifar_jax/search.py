@@ -62,6 +62,7 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
+from cifar_jax import workdir as workdir_lib  # noqa: E402
 
 MODEL_NAME = "resnet_budget"
 # The `resnet_budget` fields a design sets (one entry per stage, but the pool).
@@ -309,22 +310,12 @@ def make_row(config: ml_collections.ConfigDict, spec: dict[str, Any],
 # ---- files --------------------------------------------------------------------------
 def read_trials(workdir: str | Path) -> list[dict[str, Any]]:
   """The rows of trials.jsonl; a line cut short by a kill is ignored."""
-  path = Path(workdir) / TRIALS_FILE
-  rows = []
-  if path.exists():
-    for line in path.read_text().splitlines():
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
+  return workdir_lib.read_jsonl(Path(workdir) / TRIALS_FILE)[0]
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
   with open(path, "a") as f:
-    f.write(json.dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+    workdir_lib.append_line(f, json.dumps(row))
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -666,8 +657,10 @@ def run_search(config: ml_collections.ConfigDict, workdir: str | Path, *,
     if train_split is None:
       from cifar_jax import input_pipeline
       d = config.dataset
-      train_split = input_pipeline.load_split(d.name, d.train_split, d.data_dir)
-      eval_split = input_pipeline.load_split(d.name, d.eval_split, d.data_dir)
+      train_split = input_pipeline.load_split(d.name, d.train_split, d.data_dir,
+                                              key="dataset.train_split")
+      eval_split = input_pipeline.load_split(d.name, d.eval_split, d.data_dir,
+                                             key="dataset.eval_split")
     if s.backend == "local":
       _run_local(config, workdir, cohort, done, train_split, eval_split, record)
     else:
@@ -715,7 +708,7 @@ def main(argv):
   known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                   metrics.NonFiniteLossError, ValueError)
   try:
-    run_search(FLAGS.config, FLAGS.workdir)
+    run_search(cli.config_or_exit("cifar_jax.search"), FLAGS.workdir)
   except SearchInterrupted as e:
     sys.exit(f"cifar_jax.search: {e}")
   except known_errors as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import signal
 import sys
 import time
@@ -32,6 +33,7 @@ from cifar_jax import models
 from cifar_jax import optim
 from cifar_jax import parallel as parallel_lib
 from cifar_jax import precision
+from cifar_jax import workdir as workdir_lib
 from cifar_jax import writers
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -251,26 +253,90 @@ class Evaluator:
 
 
 # ---- the loop --------------------------------------------------------------------
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails fast, with the key to fix, on values the loop cannot use."""
-  if config.parallel not in ("jit", "pmap"):
-    raise ValueError(f"config.parallel must be 'jit' or 'pmap', not {config.parallel!r}.")
-  if config.num_epochs <= 0 or config.batch_size <= 0:
-    raise ValueError("config.num_epochs and config.batch_size must be positive.")
-  if config.eval_every_epochs < 0:
-    raise ValueError(f"config.eval_every_epochs must be >= 0 (0: only after the last epoch), "
-                     f"not {config.eval_every_epochs}.")
-  if not 0.0 <= config.ema_decay < 1.0:
-    raise ValueError(f"config.ema_decay must be in [0, 1), not {config.ema_decay}.")
-  ops = augment.parse(config.augment)  # raises on unknown ops
-  if config.alternating_flip and any(name == "flip" for name, _ in ops):
-    raise ValueError("config.alternating_flip replaces the random flip: remove 'flip' "
-                     f"from --config.augment ({config.augment!r}).")
+def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = None
+                  ) -> list[str]:
+  """Every value the loop cannot use, as one message each naming the key."""
+  errors = []
+
+  def check(ok: bool, key: str, wanted: str) -> None:
+    if not ok:
+      value = config
+      for part in key.split("."):
+        value = value[part]
+      errors.append(f"config.{key} must be {wanted}, not {value!r}.")
+
+  def number(key: str) -> float:
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+  check(config.parallel in ("jit", "pmap"), "parallel", "'jit' or 'pmap'")
+  check(isinstance(config.num_epochs, int) and config.num_epochs > 0, "num_epochs",
+        "a positive integer")
+  for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint.every_epochs",
+              "checkpoint.max_to_keep"):
+    check(isinstance(number(key), int) and number(key) > 0, key, "a positive integer")
+  if num_devices is not None:
+    for key in ("batch_size", "eval_batch_size"):
+      value = number(key)
+      if isinstance(value, int) and value > 0 and value % num_devices:
+        errors.append(f"config.{key}={value} must be a multiple of the {num_devices} "
+                      f"devices (e.g. {max(num_devices, value // num_devices * num_devices)}).")
+  check(isinstance(config.eval_every_epochs, int) and config.eval_every_epochs >= 0,
+        "eval_every_epochs", ">= 0 (0: only after the last epoch)")
+  check(number("optimizer.learning_rate") > 0, "optimizer.learning_rate", "> 0")
+  if config.optimizer.name == "muon":
+    check(number("optimizer.muon_learning_rate") > 0, "optimizer.muon_learning_rate", "> 0")
+    check(0 <= number("optimizer.muon_momentum") < 1, "optimizer.muon_momentum", "in [0, 1)")
+  for key in ("optimizer.momentum", "optimizer.b1", "optimizer.b2", "ema_decay",
+              "label_smoothing"):
+    check(0 <= number(key) < 1, key, "in [0, 1)")
+  for key in ("optimizer.weight_decay", "optimizer.grad_clip_norm", "schedule.warmup_epochs",
+              "optimizer.lr_base_batch_size", "schedule.end_lr_factor"):
+    check(number(key) >= 0, key, ">= 0")
+  check(number("optimizer.eps") > 0, "optimizer.eps", "> 0")
+  check(number("optimizer.norm_lr_multiplier") >= 0, "optimizer.norm_lr_multiplier", ">= 0")
+  check(0 <= number("schedule.pct_start") < 1, "schedule.pct_start", "in [0, 1)")
+  check(number("schedule.div_factor") > 0, "schedule.div_factor", "> 0")
+  check(number("schedule.final_div_factor") > 0, "schedule.final_div_factor", "> 0")
+  check(0 < number("schedule.decay_factor") <= 1, "schedule.decay_factor", "in (0, 1]")
+  if config.hard_mining.enabled:
+    check(isinstance(number("hard_mining.start_epoch"), int) and
+          number("hard_mining.start_epoch") >= 0, "hard_mining.start_epoch", ">= 0")
+    check(number("hard_mining.power") >= 0, "hard_mining.power", ">= 0")
+    check(0 <= number("hard_mining.uniform_fraction") <= 1, "hard_mining.uniform_fraction",
+          "in [0, 1]")
+  check(isinstance(config.dataset.train_split, str) and config.dataset.train_split.strip(),
+        "dataset.train_split", "a tfds split such as 'train[:45000]'")
+  try:
+    ops = augment.parse(config.augment)
+  except ValueError as e:
+    errors.append(str(e))
+  else:
+    if config.alternating_flip and any(name == "flip" for name, _ in ops):
+      errors.append("config.alternating_flip replaces the random flip: remove 'flip' "
+                    f"from --config.augment ({config.augment!r}).")
   if config.model.name not in models.model_names():
-    models.get_model(config.model.name)  # raises with the list of names
-  errors = precision.validate(config)
+    try:
+      models.get_model(config.model.name)
+    except ValueError as e:  # names the registered models
+      errors.append(str(e))
+  try:  # unknown optimizer or schedule names, unsupported combinations
+    optim.create_optimizer(config, 1)
+  except ValueError as e:
+    errors.append(str(e))
+  errors += precision.validate(config)
+  return errors
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Fails fast, before any data or compilation, with every key to fix."""
+  errors = config_errors(config, num_devices)
+  if len(errors) == 1:
+    raise ValueError(errors[0])
   if errors:
-    raise ValueError(" ".join(errors))
+    raise ValueError(f"{len(errors)} problems with the config:\n  " + "\n  ".join(errors))
 
 
 def setup_compilation_cache(config: ml_collections.ConfigDict) -> None:
@@ -337,22 +403,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   `epoch_callback(record)` is called after each epoch's record (and checkpoint,
   if one is due) is written; the search reports to Ray Tune with it, and stops
   trials early by raising from it.
+
+  One run at a time per workdir (`workdir.RunLock`); config.json is written
+  only once the workdir's checkpoint (if any) is known to fit this config.
   """
-  validate_config(config)
+  validate_config(config, jax.device_count())
+  par = parallel_lib.DataParallel(config.parallel)
+  compute = choose_compute(config, par)  # before the data: it may refuse the run
   setup_compilation_cache(config)
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  with workdir_lib.RunLock(workdir):
+    return _train_and_evaluate(config, workdir, par, compute, train_split, eval_split,
+                               stop_after_steps, epoch_callback)
 
-  par = parallel_lib.DataParallel(config.parallel)
-  par.check_batch_size(config.batch_size)
-  compute = choose_compute(config, par)  # before the data: it may refuse the run
+
+def _train_and_evaluate(config, workdir: Path, par: parallel_lib.DataParallel,
+                        compute: precision.Compute, train_split, eval_split,
+                        stop_after_steps, epoch_callback) -> dict[str, Any]:
   if train_split is None:  # else the caller supplies both; no eval_split: no eval
     train_split = input_pipeline.load_split(config.dataset.name, config.dataset.train_split,
-                                            config.dataset.data_dir)
+                                            config.dataset.data_dir, key="dataset.train_split")
     if config.dataset.eval_split:
       eval_split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
-                                             config.dataset.data_dir)
+                                             config.dataset.data_dir, key="dataset.eval_split")
   steps_in_epoch = optim.steps_per_epoch(len(train_split), config.batch_size)
 
   model = create_model(config, compute, par.axis_name)
@@ -364,9 +437,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                                  keep_best=config.checkpoint.keep_best, meta=meta)
   restored = ckpt.restore(state, "latest")
+  partial_epoch = None
   if restored is not None:
-    state = restored[0]
+    state, restored_meta = restored
     logging.info("Resuming from step %d in %s", int(state.step), workdir)
+    partial_epoch = restored_meta.get("partial_epoch")
+  # Only now is the workdir known to hold nothing this config cannot resume.
+  workdir_lib.write_atomically(workdir / "config.json",
+                               config.to_json_best_effort(indent=2) + "\n")
   step = int(state.step)
   writers.truncate_metrics(workdir, step)
   base_rng = np.asarray(state.rng)
@@ -418,6 +496,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
         flips = (input_pipeline.alternating_flips(plan, len(train_split), config.seed, epoch)
                  if config.alternating_flip else None)
         acc = metrics_lib.Accumulator()
+        resumed_mid_epoch = step > epoch * steps_in_epoch
+        if resumed_mid_epoch and partial_epoch is not None:
+          acc.add(metrics_lib.from_host(partial_epoch))  # the steps before the stop
+        partial_epoch = None
         start = time.perf_counter()
         first_step = step
         with _progress(steps_in_epoch, step - epoch * steps_in_epoch,
@@ -438,10 +520,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
               break
         sums = acc.fetch()
         metrics_lib.check_finite(sums, epoch + 1)
-        if stop.requested or step == stop_after_steps:
-          ckpt.save(step, par.unreplicate(state))
-          print(f"Stopped at step {step}; checkpoint saved in {workdir}. Run the same "
-                "command again to resume.", file=sys.stderr)
+        stopping = stop.requested or step == stop_after_steps
+        if stopping and step < (epoch + 1) * steps_in_epoch:
+          # The sums so far go with the checkpoint: the resumed epoch's record
+          # then covers all of its steps.
+          ckpt.save(step, par.unreplicate(state), partial_epoch=metrics_lib.to_host(sums))
+          _say_stopped(step, workdir)
           break
         epoch_time = time.perf_counter() - start
         train_means = metrics_lib.means(sums)
@@ -461,15 +545,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
             record[f"{prefix}_accuracy"] = eval_means["accuracy"]
         writer.write_epoch(record)
         print(_format_record(record), file=sys.stderr)
-        if (epoch + 1) % config.checkpoint.every_epochs == 0 or last:
+        if (epoch + 1) % config.checkpoint.every_epochs == 0 or last or stopping:
           ckpt.save(step, par.unreplicate(state), record)
         if epoch_callback is not None:
           epoch_callback(dict(record))
+        if stopping and not last:
+          _say_stopped(step, workdir)
+          break
   finally:
     writer.close()
     ckpt.wait()
     ckpt.close()
   return record
+
+
+def _say_stopped(step: int, workdir: Path) -> None:
+  print(f"Stopped at step {step}; checkpoint saved in {workdir}. Run the same "
+        "command again to resume.", file=sys.stderr)
 
 
 def _format_record(record: dict[str, Any]) -> str:

@@ -8,15 +8,17 @@ written so that a kill at any moment leaves the workdir resumable.
 - `write_atomically`: a whole file replaced in one rename (config.json,
   a rewritten metrics.jsonl), never half written.
 - `append_line`: one record appended, flushed and fsynced; a kill can at
-  worst tear the last line, which the readers drop with a warning
-  (`writers.read_metrics`).
+  worst tear the last line, which `read_jsonl` (the one reader of the
+  JSON-lines files: metrics.jsonl, the search's trials.jsonl) drops and
+  reports.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 LOCK_FILE = ".lock"
 
@@ -73,6 +75,28 @@ def append_line(f: IO[str], line: str) -> None:
   f.write(line.rstrip("\n") + "\n")
   f.flush()
   os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+  """The JSON objects of a JSON-lines file ([] if it does not exist) and the
+  numbers of the lines that are not one, which are skipped: typically a last
+  line torn by a kill or a full disk."""
+  path = Path(path)
+  if not path.exists():
+    return [], []
+  rows, bad_lines = [], []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    else:
+      bad_lines.append(number)
+  return rows, bad_lines
 
 
 def _fsync_dir(path: Path) -> None:

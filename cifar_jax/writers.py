@@ -11,10 +11,13 @@ import json
 import logging
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cifar_jax import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -24,20 +27,25 @@ def file_safe_name(name: str, default: str) -> str:
   return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.-]", "_", name)).strip("_.") or default
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-  """The per-epoch records of a run ([] when it has none yet)."""
+def read_metrics(workdir: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+  """The per-epoch records of a run ([] when it has none yet); lines that are
+  not records (a torn last line) are dropped, with a warning if `warn`."""
   path = Path(workdir) / METRICS_FILE
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records, bad_lines = workdir_lib.read_jsonl(path)
+  if warn and bad_lines:
+    print(f"cifar_jax: warning: {path}: dropped line(s) {', '.join(map(str, bad_lines))}, "
+          "not JSON records (a write cut short by a kill or a full disk); the "
+          "checkpoint says where the run resumes.", file=sys.stderr)
+  return [r for r in records if "epoch" in r and "step" in r]
 
 
 def truncate_metrics(workdir: str | Path, last_step: int) -> None:
-  """Drops records written after `last_step`: a resumed run redoes them."""
+  """Keeps the records up to `last_step` (a resumed run redoes the later
+  ones), rewriting the file atomically; a torn last line goes too."""
   path = Path(workdir) / METRICS_FILE
-  records = [r for r in read_metrics(workdir) if r["step"] <= last_step]
   if path.exists():
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = [r for r in read_metrics(workdir) if r["step"] <= last_step]
+    workdir_lib.write_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _json_safe(value):
@@ -72,8 +80,8 @@ class MetricWriter:
                                  config=config.to_dict(), resume="allow")
 
   def write_epoch(self, record: dict[str, Any]) -> None:
-    self._jsonl.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
-    self._jsonl.flush()
+    workdir_lib.append_line(self._jsonl, json.dumps({k: _json_safe(v)
+                                                     for k, v in record.items()}))
     step = int(record["step"])
     scalars = {k: v for k, v in record.items()
                if isinstance(v, (int, float)) and k not in ("step",)}

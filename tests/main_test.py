@@ -78,7 +78,36 @@ def test_real_data_smoke(tmp_path, compile_cache):
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   evaluated = run_subprocess(*common, "--mode=eval")
   assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+  assert "read only" not in evaluated.stderr  # orbax's warnings about read-only folders
   result = json.loads((tmp_path / "eval_train_45000_45500.json").read_text())
   assert result["num_examples"] == 500
   assert result["accuracy"] == pytest.approx(records[-1]["eval_accuracy"])
   assert result["accuracy"] > 0.15  # above chance after 2 short epochs on real images
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  result = run_subprocess("--config=configs/no_such_model.py", f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      "cifar_jax: error: cannot load the --config file: [Errno 2] No such file or "
+      "directory: 'configs/no_such_model.py'. Pass a path such as configs/resnet18.py."]
+
+
+def test_second_ctrl_c_is_one_line(tmp_path, monkeypatch):
+  from cifar_jax import train
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt  # what the second Ctrl-C raises, wherever it lands
+  monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+  with pytest.raises(SystemExit, match="interrupted. The workdir keeps its last complete"):
+    run_cli("--config=configs/lenet5.py", f"--workdir={tmp_path}")
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/tensorflow_datasets absent")
+def test_empty_split_names_its_key(tmp_path):
+  from cifar_jax import input_pipeline
+  with pytest.raises(input_pipeline.EmptySplitError,
+                     match=r"config.dataset.train_split='train\[:0\]' selects no examples "
+                           r"of cifar10 \(train: 50000\)"):
+    input_pipeline.load_split("cifar10", "train[:0]", SHARED_DATA, key="dataset.train_split")

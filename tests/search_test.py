@@ -9,10 +9,12 @@ budget and 2, 4, 5, 6, ... are trials t0002, t0004, t0005, t0006, ...
 import json
 import signal
 
+import jax.numpy as jnp
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from cifar_jax import precision
 from cifar_jax import search
 from cifar_jax import train
 from conftest import make_split
@@ -209,3 +211,23 @@ def test_ray_backend_runs_the_trials_and_records_them(search_config, splits, tmp
   assert result["failed"] == 0
   assert (tmp_path / "trials" / "t0002" / "metrics.jsonl").exists()
   assert (tmp_path / search.BEST_CONFIG_FILE).exists()
+
+
+def test_trial_flops_are_the_listings_whichever_conv_backend_is_configured(search_config):
+  """XLA's cost analysis cannot see into oneDNN's custom calls, so FLOPs are
+  counted on the XLA form of the model, whatever the run would compute with."""
+  from cifar_jax import cpu_conv
+  from cifar_jax.models import summary
+  design = {"stage_sizes": [1, 1], "widths": [8, 16], "kernel_sizes": [3, 5],
+            "skip_kernel_sizes": [1, 3], "pool_size": 4}
+  flops = {}
+  for backend in ("xla", "onednn", "auto"):
+    search_config.conv_backend = backend
+    flops[backend] = search.count_flops(search.trial_config(search_config, design))
+  listed = summary.model_stats("resnet_budget", **{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in design.items()})["flops"]
+  assert flops["xla"] == flops["onednn"] == flops["auto"] == listed > 0
+  if cpu_conv.available():  # what counting the oneDNN form would have reported
+    onednn_form = train.create_model(search.trial_config(search_config, design),
+                                     precision.Compute(jnp.float32, "onednn"))
+    assert summary.forward_flops(onednn_form) < 0.5 * listed

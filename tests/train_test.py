@@ -2,6 +2,8 @@
 checkpoint mismatches, exact evaluation and the files a run writes."""
 import functools
 import json
+import os
+import shutil
 import signal
 
 import jax
@@ -17,6 +19,8 @@ from cifar_jax import optim
 from cifar_jax import parallel
 from cifar_jax import precision
 from cifar_jax import train
+from cifar_jax import workdir as workdir_lib
+from cifar_jax import writers
 from conftest import make_split
 
 
@@ -233,3 +237,130 @@ def test_hard_mining_and_tta_run_end_to_end(tiny_config, tmp_path):
   assert record["epoch"] == 2 and np.isfinite(record["train_loss"])
   result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(40, seed=1))
   assert result["num_examples"] == 40 and result["tta"] == "flip_translate"
+
+
+# ---- what survives what ------------------------------------------------------------
+def test_failed_resume_leaves_config_json_as_it_was(tiny_config, tmp_path):
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(64), eval_split=None)
+  written = (tmp_path / "config.json").read_text()
+  other = tiny_config.copy_and_resolve_references()
+  other.model.name = "simple_cnn"
+  with pytest.raises(checkpoint.CheckpointMismatchError):
+    train.train_and_evaluate(other, tmp_path, train_split=make_split(64), eval_split=None)
+  assert (tmp_path / "config.json").read_text() == written
+
+
+def test_torn_last_metrics_line_is_dropped_with_a_warning(tiny_config, tmp_path, capsys):
+  train_split = make_split(96)
+  tiny_config.num_epochs = 1
+  train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split, eval_split=None)
+  metrics_file = tmp_path / "metrics.jsonl"
+  with open(metrics_file, "a") as f:
+    f.write('{"epoch": 2, "step": 6, "train_loss": 1.93')  # a kill mid-write
+  tiny_config.num_epochs = 2
+  capsys.readouterr()
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split,
+                                    eval_split=None)
+  assert record["epoch"] == 2
+  assert f"{metrics_file}: dropped line(s) 2" in capsys.readouterr().err
+  assert [json.loads(l)["epoch"] for l in metrics_file.read_text().splitlines()] == [1, 2]
+
+
+def _two_epochs(tiny_config, workdir, **kwargs):
+  return train.train_and_evaluate(tiny_config, workdir, train_split=make_split(96),
+                                  eval_split=make_split(40, seed=1), **kwargs)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path,
+                                                                   capsys):
+  tiny_config.num_epochs = 1
+  _two_epochs(tiny_config, tmp_path)
+  tiny_config.num_epochs = 2
+  _two_epochs(tiny_config, tmp_path)
+  data = max((p for p in (tmp_path / "checkpoints" / "6" / "state").rglob("*")
+              if p.is_file() and "d" in p.parent.name), key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:len(data.read_bytes()) // 2])  # truncated
+  tiny_config.num_epochs = 3
+  capsys.readouterr()
+  record = _two_epochs(tiny_config, tmp_path)
+  err = capsys.readouterr().err
+  assert "checkpoints/6 is unreadable" in err and "using the previous one" in err
+  assert record["step"] == 9
+  moved = list((tmp_path / "corrupt").iterdir())
+  assert [p.name.split("-")[:2] for p in moved] == [["checkpoints", "6"]]  # kept, not deleted
+  # Garbage in the state's metadata, then in best/'s meta: the same.
+  (tmp_path / "checkpoints" / "9" / "state" / "_METADATA").write_text("garbage{")
+  best_step = next((tmp_path / "best").iterdir()).name
+  (tmp_path / "best" / best_step / "meta" / "metadata").write_text("garbage{")
+  tiny_config.num_epochs = 4
+  record = _two_epochs(tiny_config, tmp_path)
+  assert record["step"] == 12
+  assert len(list((tmp_path / "corrupt").iterdir())) == 3
+
+
+def test_incompatible_checkpoint_is_not_taken_for_a_corrupt_one(tiny_config, tmp_path):
+  tiny_config.num_epochs = 1
+  _two_epochs(tiny_config, tmp_path)
+  other = tiny_config.copy_and_resolve_references()
+  other.optimizer.name = "adam"
+  with pytest.raises(checkpoint.CheckpointMismatchError, match="other shapes or structure"):
+    _two_epochs(other, tmp_path)
+  assert not (tmp_path / "corrupt").exists()
+
+
+def test_best_lost_between_the_two_saves_is_reconciled(tiny_config, tmp_path, capsys):
+  """best/ missing although checkpoints/ hold evaluated saves: what a kill
+  between an epoch's latest save and its best save leaves."""
+  _two_epochs(tiny_config, tmp_path)
+  records = writers.read_metrics(tmp_path)
+  best_step = max(records, key=lambda r: r["eval_accuracy"])["step"]
+  shutil.rmtree(tmp_path / "best")
+  (tmp_path / "best").mkdir()
+  result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(40, seed=1))
+  assert result["step"] == best_step  # read-only: picks the best saved one
+  capsys.readouterr()
+  _two_epochs(tiny_config, tmp_path)  # already complete: reconciles and stops
+  assert "copied it to best/" in capsys.readouterr().err
+  assert [p.name for p in (tmp_path / "best").iterdir()] == [str(best_step)]
+
+
+def test_second_run_on_a_workdir_stops_at_once_naming_the_first(tiny_config, tmp_path):
+  with workdir_lib.RunLock(tmp_path):
+    with pytest.raises(workdir_lib.WorkdirBusyError, match=f"PID {os.getpid()}"):
+      _two_epochs(tiny_config, tmp_path)
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_every_bad_value_is_named_before_any_work(tiny_config):
+  tiny_config.optimizer.learning_rate = -1.0
+  tiny_config.optimizer.momentum = 1.5
+  tiny_config.batch_size = 30  # not a multiple of conftest's 4 devices
+  tiny_config.eval_batch_size = 10
+  tiny_config.num_epochs = 0
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(tiny_config, "/nonexistent/never/created")
+  message = str(e.value)
+  assert message.startswith("5 problems with the config:")
+  for part in ("config.optimizer.learning_rate must be > 0, not -1.0",
+               "config.optimizer.momentum must be in [0, 1), not 1.5",
+               "config.batch_size=30 must be a multiple of the 4 devices",
+               "config.eval_batch_size=10 must be a multiple of the 4 devices",
+               "config.num_epochs must be a positive integer, not 0"):
+    assert part in message
+
+
+def test_resumed_epoch_record_covers_the_whole_epoch(tiny_config, tmp_path):
+  full = _two_epochs(tiny_config, tmp_path / "full")
+  _two_epochs(tiny_config, tmp_path / "resumed", stop_after_steps=4)  # mid epoch 2
+  resumed = _two_epochs(tiny_config, tmp_path / "resumed")
+  for key in ("train_loss", "train_accuracy", "eval_accuracy"):
+    assert resumed[key] == full[key], key
+
+
+def test_stop_at_the_end_of_an_epoch_keeps_its_record(tiny_config, tmp_path):
+  _two_epochs(tiny_config, tmp_path, stop_after_steps=3)  # the last step of epoch 1
+  assert [r["epoch"] for r in writers.read_metrics(tmp_path)] == [1]
+  record = _two_epochs(tiny_config, tmp_path)
+  assert [r["epoch"] for r in writers.read_metrics(tmp_path)] == [1, 2]
+  assert "eval_accuracy" in record
