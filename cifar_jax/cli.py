@@ -37,3 +37,4 @@ def config_or_exit(prog: str):
     reason = str(e).strip().splitlines()[-1].strip()
     sys.exit(f"{prog}: error: cannot load the --config file: {reason}. Pass a path such "
              "as configs/resnet18.py.")
+  return config

@@ -3,8 +3,10 @@ running jaxlib, values and gradients equal XLA's within what float32 (and
 bf16) arithmetic allows on any instruction set, the same training steps, and
 XLA for what they do not cover. tests/precision_test.py covers the choice."""
 import functools
+import os
 import platform
 import re
+import subprocess
 import sys
 import types
 
@@ -220,3 +222,19 @@ def test_every_model_sends_its_plain_convolutions_to_onednn(name):
   groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", text)]
   assert all(g > 1 for g in groups), f"{name}: {groups.count(1)} plain XLA convolution(s)"
   assert "OnednnConvForward" in text
+
+
+@needs_onednn
+@pytest.mark.skipif(os.environ.get("ONEDNN_MAX_CPU_ISA") is not None,
+                    reason="this is the run under ONEDNN_MAX_CPU_ISA")
+def test_the_value_tests_hold_under_avx2_too():
+  """oneDNN picks other kernels and accumulation orders per instruction set:
+  the same value and gradient tests, in a process limited to AVX2."""
+  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": ""}
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+       __file__, "-k", "matches_xla_values or float32_one_rounded"],
+      env=env, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert re.search(r"\b9 passed\b", result.stdout), result.stdout[-500:]  # 7 + 2 bf16

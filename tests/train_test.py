@@ -293,6 +293,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, t
   (tmp_path / "checkpoints" / "9" / "state" / "_METADATA").write_text("garbage{")
   best_step = next((tmp_path / "best").iterdir()).name
   (tmp_path / "best" / best_step / "meta" / "metadata").write_text("garbage{")
+  capsys.readouterr()
+  result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(40, seed=1))
+  assert result["step"] == 6  # read-only: the unreadable ones skipped, not moved
+  assert f"best/{best_step} is unreadable" in capsys.readouterr().err
   tiny_config.num_epochs = 4
   record = _two_epochs(tiny_config, tmp_path)
   assert record["step"] == 12
