@@ -18,6 +18,7 @@ import urllib.parse
 import numpy as np
 
 # Per-channel statistics of the CIFAR-10 training set (pixel values / 255).
+IMAGE_SHAPE = (32, 32, 3)  # height, width, channels of every CIFAR image
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 

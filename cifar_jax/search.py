@@ -62,12 +62,12 @@ from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar_jax import cli  # noqa: E402
+from cifar_jax import input_pipeline  # noqa: E402
 from cifar_jax import workdir as workdir_lib  # noqa: E402
 
 MODEL_NAME = "resnet_budget"
 # The `resnet_budget` fields a design sets (one entry per stage, but the pool).
 DESIGN_FIELDS = ("stage_sizes", "widths", "kernel_sizes", "skip_kernel_sizes", "pool_size")
-IMAGE_SIZE = 32
 
 TRIALS_FILE = "trials.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -122,10 +122,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         or not all(isinstance(c, int) and c >= 1 for c in choices)):
       raise SearchError(f"search.{key} must be a non-empty tuple of positive integers "
                         f"(the choices), not {choices!r}.")
-  if max(s.num_stages) > int(math.log2(IMAGE_SIZE)) + 1:
-    raise SearchError(f"search.num_stages: at most {int(math.log2(IMAGE_SIZE)) + 1} "
-                      f"stages fit a {IMAGE_SIZE}x{IMAGE_SIZE} image, not "
-                      f"{max(s.num_stages)}.")
+  size = input_pipeline.IMAGE_SHAPE[0]
+  if max(s.num_stages) > int(math.log2(size)) + 1:
+    raise SearchError(f"search.num_stages: at most {int(math.log2(size)) + 1} stages fit a "
+                      f"{size}x{size} image, not {max(s.num_stages)}.")
 
 
 def trial_config(config: ml_collections.ConfigDict, design: dict[str, Any]
@@ -158,7 +158,7 @@ def sample_design(search: ml_collections.ConfigDict, index: int) -> dict[str, An
   widths = [int(c) for c in rng.choice(search.channels, n)]
   if search.nondecreasing_channels:
     widths.sort()
-  final = IMAGE_SIZE // 2 ** (n - 1)
+  final = input_pipeline.IMAGE_SHAPE[0] // 2 ** (n - 1)
   pools = [p for p in search.pool_sizes if p <= final and final % p == 0]
   return {
       "stage_sizes": [int(b) for b in rng.choice(search.blocks, n)],
@@ -655,7 +655,6 @@ def run_search(config: ml_collections.ConfigDict, workdir: str | Path, *,
   failed = 0
   if pending:
     if train_split is None:
-      from cifar_jax import input_pipeline
       d = config.dataset
       train_split = input_pipeline.load_split(d.name, d.train_split, d.data_dir,
                                               key="dataset.train_split")
@@ -703,7 +702,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from cifar_jax import checkpoint, input_pipeline, metrics
+  from cifar_jax import checkpoint, metrics
 
   known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                   metrics.NonFiniteLossError, ValueError)

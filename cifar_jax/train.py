@@ -36,7 +36,6 @@ from cifar_jax import precision
 from cifar_jax import workdir as workdir_lib
 from cifar_jax import writers
 
-IMAGE_SHAPE = (32, 32, 3)
 # How many training images (the first ones of the split) a model's data-dependent
 # initialisation sees, e.g. the speedrun's patch whitening.
 DATA_INIT_IMAGES = 5000
@@ -75,7 +74,7 @@ def choose_compute(config: ml_collections.ConfigDict,
 
 
 def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
-  dummy = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
+  dummy = jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
   rngs = {"params": rng, "dropout": rng}
   # It runs once, so LLVM's optimisations cost more than they save: without
   # them the init of resnet18 compiles in 1.6 s instead of 6.0 (swin_tiny 6.6

@@ -21,9 +21,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import input_pipeline
 from cifar_jax import models
 
-IMAGE_SHAPE = (32, 32, 3)
 
 
 def count_params(variables_or_params: Any) -> int:
@@ -41,7 +41,7 @@ def count_params(variables_or_params: Any) -> int:
 
 def abstract_variables(model, batch_size: int = 1):
   """Shapes/dtypes of ``model.init`` on a (batch_size, 32, 32, 3) input."""
-  x = jax.ShapeDtypeStruct((batch_size,) + IMAGE_SHAPE, jnp.float32)
+  x = jax.ShapeDtypeStruct((batch_size,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   return jax.eval_shape(lambda x: model.init(rngs, x, train=False), x)
 
@@ -50,7 +50,7 @@ def forward_flops(model, variables=None) -> float:
   """XLA's FLOP count of the compiled eval forward pass on one image."""
   if variables is None:
     variables = abstract_variables(model)
-  x = jax.ShapeDtypeStruct((1,) + IMAGE_SHAPE, jnp.float32)
+  x = jax.ShapeDtypeStruct((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
   # The executable is never run, so skip LLVM's optimisations: the HLO (whose
   # cost is analysed) is the same and compilation is about twice as fast.
