@@ -105,9 +105,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self._latest.all_steps())
-
   def save(self, step: int, state: Any, metrics: dict[str, Any] | None = None,
            partial_epoch: dict[str, float] | None = None) -> None:
     """Saves `state` at `step` (once per step); also to best/ when
@@ -168,10 +165,10 @@ class Checkpointer:
       return best
     # Highest eval accuracy first (best/ before an equal latest), then newer.
     ranked = sorted(best + latest, key=lambda c: (
-        _accuracy(self._metrics_of(*c), -np.inf), c[0] is self._best, c[1]), reverse=True)
+        _accuracy(self._meta_if_readable(*c), -np.inf), c[0] is self._best, c[1]), reverse=True)
     return ranked
 
-  def _metrics_of(self, manager, step) -> dict | None:
+  def _meta_if_readable(self, manager, step) -> dict | None:
     try:
       return self._read_meta(manager, step)
     except UnreadableCheckpointError:
@@ -235,7 +232,7 @@ class Checkpointer:
     best/'s: what a kill between the two saves of an epoch leaves behind."""
     better = []
     for step in self._latest.all_steps():
-      accuracy = _accuracy(self._metrics_of(self._latest, step), None)
+      accuracy = _accuracy(self._meta_if_readable(self._latest, step), None)
       if accuracy is not None and accuracy > self.best_accuracy:
         better.append((accuracy, step))
     if not better:

@@ -24,6 +24,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 MESH_AXIS = PMAP_AXIS = "batch"
 
 
+def batch_size_error(batch_size: int, num_devices: int, what: str = "batch_size"
+                     ) -> str | None:
+  """Why `batch_size` cannot be split over `num_devices`, or None if it can."""
+  if batch_size % num_devices == 0:
+    return None
+  return (f"config.{what}={batch_size} must be a multiple of the {num_devices} devices "
+          f"(e.g. {max(num_devices, batch_size // num_devices * num_devices)}).")
+
+
 class DataParallel:
   """Places data and state on devices and compiles steps for one mode."""
 
@@ -51,10 +60,9 @@ class DataParallel:
     return PMAP_AXIS if self.mode == "pmap" else None
 
   def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
-    if batch_size % self.num_devices:
-      raise ValueError(
-          f"{what}={batch_size} must be divisible by the number of devices "
-          f"({self.num_devices}); set --config.{what} to a multiple of it.")
+    error = batch_size_error(batch_size, self.num_devices, what)
+    if error:
+      raise ValueError(error)
 
   # ---- placement -------------------------------------------------------------
   def replicate(self, tree: Any) -> Any:

@@ -114,11 +114,10 @@ def _read_json(path: Path, run: RunData, what: str) -> Any:
 def _read_metrics(path: Path, run: RunData) -> list[dict[str, Any]]:
   """Records of metrics.jsonl; lines that are not records (a half-written
   last line while the run goes on) are skipped and noted."""
-  records, bad_lines = workdir_lib.read_jsonl(path)
-  last = len(path.read_text().rstrip("\n").splitlines())
+  contents = workdir_lib.read_jsonl(path)
   run.notes.extend(f"skipped a malformed line {n} of `{METRICS_FILE}`"
-                   for n in bad_lines if n != last)
-  return [r for r in records if "epoch" in r]
+                   for n in contents.bad_lines if n != contents.num_lines)
+  return [r for r in contents.rows if "epoch" in r]
 
 
 def _load_mistakes(path: Path) -> dict[str, np.ndarray] | None:

@@ -310,7 +310,7 @@ def make_row(config: ml_collections.ConfigDict, spec: dict[str, Any],
 # ---- files --------------------------------------------------------------------------
 def read_trials(workdir: str | Path) -> list[dict[str, Any]]:
   """The rows of trials.jsonl; a line cut short by a kill is ignored."""
-  return workdir_lib.read_jsonl(Path(workdir) / TRIALS_FILE)[0]
+  return workdir_lib.read_jsonl(Path(workdir) / TRIALS_FILE).rows
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

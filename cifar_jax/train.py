@@ -279,9 +279,10 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
   if num_devices is not None:
     for key in ("batch_size", "eval_batch_size"):
       value = number(key)
-      if isinstance(value, int) and value > 0 and value % num_devices:
-        errors.append(f"config.{key}={value} must be a multiple of the {num_devices} "
-                      f"devices (e.g. {max(num_devices, value // num_devices * num_devices)}).")
+      if isinstance(value, int) and value > 0:
+        error = parallel_lib.batch_size_error(value, num_devices, key)
+        if error:
+          errors.append(error)
   check(isinstance(config.eval_every_epochs, int) and config.eval_every_epochs >= 0,
         "eval_every_epochs", ">= 0 (0: only after the last epoch)")
   check(number("optimizer.learning_rate") > 0, "optimizer.learning_rate", "> 0")

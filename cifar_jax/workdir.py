@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 LOCK_FILE = ".lock"
 
@@ -77,15 +77,22 @@ def append_line(f: IO[str], line: str) -> None:
   os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
-  """The JSON objects of a JSON-lines file ([] if it does not exist) and the
-  numbers of the lines that are not one, which are skipped: typically a last
-  line torn by a kill or a full disk."""
+class JsonLines(NamedTuple):
+  rows: list[dict[str, Any]]  # the lines that are JSON objects
+  bad_lines: list[int]  # the numbers of the other non-empty lines, skipped
+  num_lines: int
+
+
+def read_jsonl(path: str | Path) -> JsonLines:
+  """The JSON objects of a JSON-lines file (none if it does not exist) and the
+  numbers of the lines that are not one: typically a last line (number
+  `num_lines`) torn by a kill or a full disk."""
   path = Path(path)
   if not path.exists():
-    return [], []
+    return JsonLines([], [], 0)
   rows, bad_lines = [], []
-  for number, line in enumerate(path.read_text().splitlines(), 1):
+  lines = path.read_text().splitlines()
+  for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
@@ -96,7 +103,7 @@ def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
       rows.append(row)
     else:
       bad_lines.append(number)
-  return rows, bad_lines
+  return JsonLines(rows, bad_lines, len(lines))
 
 
 def _fsync_dir(path: Path) -> None:

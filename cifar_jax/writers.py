@@ -31,7 +31,7 @@ def read_metrics(workdir: str | Path, warn: bool = True) -> list[dict[str, Any]]
   """The per-epoch records of a run ([] when it has none yet); lines that are
   not records (a torn last line) are dropped, with a warning if `warn`."""
   path = Path(workdir) / METRICS_FILE
-  records, bad_lines = workdir_lib.read_jsonl(path)
+  records, bad_lines, _ = workdir_lib.read_jsonl(path)
   if warn and bad_lines:
     print(f"cifar_jax: warning: {path}: dropped line(s) {', '.join(map(str, bad_lines))}, "
           "not JSON records (a write cut short by a kill or a full disk); the "

@@ -50,10 +50,10 @@ def test_write_atomically_replaces_the_whole_file(tmp_path):
 def test_read_jsonl_skips_torn_and_malformed_lines(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text('{"epoch": 1}\nnot json\n\n[1, 2]\n{"epoch": 2}\n{"epoch": 3, "st')
-  rows, bad = workdir.read_jsonl(path)
+  rows, bad, num_lines = workdir.read_jsonl(path)
   assert rows == [{"epoch": 1}, {"epoch": 2}]
-  assert bad == [2, 4, 6]
-  assert workdir.read_jsonl(tmp_path / "missing.jsonl") == ([], [])
+  assert bad == [2, 4, 6] and num_lines == 6
+  assert workdir.read_jsonl(tmp_path / "missing.jsonl") == ([], [], 0)
 
 
 def test_append_line_writes_one_whole_line(tmp_path):
