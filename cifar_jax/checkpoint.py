@@ -36,6 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
+from cifar_jax import distributed
+
 CORRUPT_DIR = "corrupt"
 
 
@@ -91,19 +93,33 @@ class Checkpointer:
 
     self._latest = manager("checkpoints", max(max_to_keep, 1))
     self._best = manager("best", 1) if keep_best else None
-    self.best_accuracy = -1.0
+    self.best_accuracy = self._best_saved_accuracy()
+    if self._best is not None and not read_only:
+      # Across processes the primary repairs and the others then re-read, so
+      # that every process takes the same save decisions (saves are collective).
+      if distributed.is_primary():
+        self._reconcile_best()
+      distributed.barrier("cifar_jax.checkpoint.reconcile_best")
+      if not distributed.is_primary():
+        self._best.reload()
+        self.best_accuracy = self._best_saved_accuracy()
+
+  def _best_saved_accuracy(self) -> float:
     if self._best is not None:
       for step in reversed(self._best.all_steps()):
         try:
-          self.best_accuracy = _accuracy(self._read_meta(self._best, step), -1.0)
-          break
+          return _accuracy(self._read_meta(self._best, step), -1.0)
         except UnreadableCheckpointError as e:
           self._set_aside(self._best, step, e)
-      if not read_only:
-        self._reconcile_best()
+    return -1.0
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
+
+  def saved_steps(self) -> list[int]:
+    """The steps of every checkpoint in checkpoints/ and best/, ascending."""
+    managers = [self._latest] + ([self._best] if self._best is not None else [])
+    return sorted({s for m in managers for s in m.all_steps()})
 
   def save(self, step: int, state: Any, metrics: dict[str, Any] | None = None,
            partial_epoch: dict[str, float] | None = None) -> None:
@@ -124,11 +140,12 @@ class Checkpointer:
         self._best.save(step, args=args)
       self.best_accuracy = accuracy
 
-  def restore(self, template: Any, which: str = "latest") -> tuple[Any, dict] | None:
+  def restore(self, template: Any, which: str | int = "latest") -> tuple[Any, dict] | None:
     """Restores into the structure, shapes and shardings of `template`.
 
     `which` is "latest", "best" or "best_or_latest" (the saved checkpoint
-    with the highest eval accuracy, else the latest). An unreadable
+    with the highest eval accuracy, else the latest), or a step number (the
+    checkpoint of that step, from checkpoints/ or best/). An unreadable
     checkpoint is set aside with a warning and the next candidate tried.
     Returns (state, meta), or None when there is no readable checkpoint.
     """
@@ -150,12 +167,17 @@ class Checkpointer:
       self._best.close()
 
   # ---- internals -------------------------------------------------------------
-  def _candidates(self, which: str) -> list[tuple[ocp.CheckpointManager, int]]:
-    if which not in ("latest", "best", "best_or_latest"):
-      raise ValueError(f"which must be latest, best or best_or_latest, not {which!r}")
+  def _candidates(self, which: str | int) -> list[tuple[ocp.CheckpointManager, int]]:
     def steps(manager):
       return [(manager, s) for s in reversed(manager.all_steps())
               if (str(manager.directory), s) not in self._skipped]
+
+    if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
+      # The same save may sit in both folders; if one copy is unreadable the other serves.
+      managers = [self._latest] + ([self._best] if self._best is not None else [])
+      return [c for m in managers for c in steps(m) if c[1] == which]
+    if which not in ("latest", "best", "best_or_latest"):
+      raise ValueError(f"which must be latest, best, best_or_latest or a step, not {which!r}")
 
     latest = steps(self._latest)
     if which == "latest":
@@ -221,8 +243,10 @@ class Checkpointer:
       _warn(f"checkpoint {where} is unreadable ({error}); skipping it.")
       return
     target = self.workdir / CORRUPT_DIR / f"{Path(manager.directory).name}-{step}-{int(time.time())}"
-    target.parent.mkdir(exist_ok=True)
-    where.rename(target)
+    if distributed.is_primary():  # every process finds it unreadable; one moves it
+      target.parent.mkdir(exist_ok=True)
+      where.rename(target)
+    distributed.barrier(f"cifar_jax.checkpoint.set_aside.{step}")
     manager.reload()
     _warn(f"checkpoint {where} is unreadable ({error}); moved it to {target} and "
           "using the previous one.")
@@ -262,6 +286,16 @@ class Checkpointer:
             f"{self.meta.get('model')} with {self.meta.get('param_count')}. "
             "Evaluate or resume it with the config it was trained with (the "
             "workdir's config.json), or train into a new --workdir.")
+
+
+def latest_step(workdir: str | Path) -> int | None:
+  """The step of `workdir`'s latest finalized checkpoint, None when it has
+  none. Read only: it creates, moves and reconciles nothing."""
+  checkpointer = Checkpointer(workdir, keep_best=False, read_only=True)
+  try:
+    return checkpointer.latest_step()
+  finally:
+    checkpointer.close()
 
 
 @contextlib.contextmanager

@@ -1,22 +1,54 @@
-"""Flag parsing shared by the command-line entry points (main, search).
+"""How every command-line entry point starts and parses its (absl) flags.
 
-config_flags raises AttributeError/KeyError/TypeError/ValueError for a bad
-`--config.<key>=<value>` override; users get one line naming it instead of a
-traceback.
+`start_program()` is the first statement of every program's `__main__`
+(main, search, report, the scripts): it may re-execute the process for huge
+pages, and it quiets TensorFlow. Programs with a `--config` file (main,
+search) use absl's global flags, as ml_collections' config_flags does, and
+`app.run(main, flags_parser=flags_parser(prog))`; the others, whose
+`main(argv)` tests call in the same process as main's, keep their flags in
+their own `FlagValues` and parse them with `parse_own_flags`. Either way a
+bad flag is one line, not a traceback: config_flags raises
+AttributeError/KeyError/TypeError/ValueError for a bad
+`--config.<key>=<value>` override, and the message names it.
 """
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import flags
 
+from cifar_jax import host_memory
 
-def flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
+
+def start_program() -> None:
+  """First thing in a program: nothing done before it survives (it may
+  re-execute the process, see host_memory.py)."""
+  host_memory.use_huge_pages()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
+
+
+def parse_own_flags(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
+                    description: str) -> list[str]:
+  """Parses `argv` (without the program name; None: sys.argv's) into
+  `flag_values`; `--help` prints `description` and the flags and exits.
+  Returns the arguments that are not flags."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+    print(f"usage: {prog} [flags]\n\n{description.strip()}\n\nflags:\n"
+          f"{flag_values.get_help(prefix='  ')}")
+    sys.exit(0)
+  flag_values.unparse_flags()  # a second call (tests) starts from the defaults
+  return flags_parser(prog, flag_values)([prog, *argv])[1:]
+
+
+def flags_parser(prog: str, flag_values: flags.FlagValues = flags.FLAGS
+                 ) -> Callable[[list[str]], list[str]]:
   """An absl `flags_parser` for `app.run` that exits with `prog: error: ...`."""
   def parse(argv: list[str]) -> list[str]:
     try:
-      return flags.FLAGS(argv)
+      return flag_values(argv)
     except flags.Error as e:
       sys.exit(f"{prog}: error: {e}\nPass --help for the flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:

@@ -17,11 +17,10 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import checkpoint
+from cifar_jax import distributed
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
-from cifar_jax import optim
-from cifar_jax import parallel as parallel_lib
-from cifar_jax import train
+from cifar_jax import run as run_lib
 from cifar_jax import writers
 
 MAX_MISTAKES_SAVED = 64
@@ -51,17 +50,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
              which: str = "best_or_latest") -> dict[str, Any]:
   """Restores the run in `workdir` and evaluates it; returns what it wrote."""
   workdir = Path(workdir)
-  train.setup_compilation_cache(config)
-  par = parallel_lib.DataParallel(config.parallel)
-  compute = train.choose_compute(config, par)
-  model = train.create_model(config, compute, par.axis_name)
   # The optimizer must match the run's for its state to restore; the schedule
   # length does not matter here.
-  tx, _ = optim.create_optimizer(config, 1)
-  template = train.create_train_state(config, model, tx)
-  ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True,
-                                 meta=train.model_meta(config, template.params))
-  restored = ckpt.restore(template, which)
+  run = run_lib.build_run(config)
+  ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True, meta=run.meta)
+  restored = ckpt.restore(run.state, which)
   ckpt.close()
   if restored is None:
     raise checkpoint.NoCheckpointError(
@@ -71,8 +64,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if split is None:
     split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
                                       config.dataset.data_dir, key="dataset.eval_split")
-  state = par.replicate(state)
-  evaluator = train.Evaluator(config, par, split, state, use_ema=bool(config.ema_decay))
+  state = run.place(state)
+  evaluator = run.evaluator(split, state, use_ema=bool(config.ema_decay))
   sums, per_example = evaluator.run(state, per_example=True)
   predictions = per_example["prediction"]
   result = {"split": config.dataset.eval_split, "step": int(meta.get("step", -1)),
@@ -80,18 +73,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
             "ema": bool(config.ema_decay), "tta": config.tta,
             **summarize(sums, split.class_names)}
   path = eval_file(workdir, config.dataset.eval_split)
+  if distributed.is_primary():  # every process evaluated; one writes
+    _write_result(workdir, path, result, split, predictions)
+  print(f"{config.model.name} step {result['step']}: accuracy {result['accuracy']:.4f} "
+        f"loss {result['loss']:.4f} on {result['num_examples']} examples of "
+        f"{result['split']} -> {path}", file=sys.stderr)
+  print(f"accuracy: {result['accuracy']:.4f}")
+  return result
+
+
+def _write_result(workdir: Path, path: Path, result: dict[str, Any],
+                  split: input_pipeline.ArraySplit, predictions: np.ndarray) -> None:
+  """eval_<split>.json, the mistakes file and the TensorBoard confusion image."""
   path.write_text(json.dumps(result, indent=2) + "\n")
-  from cifar_jax import report  # matplotlib, only needed here
+  from cifar_jax.report import figures  # matplotlib, only needed here
   writer = writers.MetricWriter(workdir)
-  writer.write_image("eval/confusion_matrix", result["step"], report.confusion_image(result))
+  writer.write_image("eval/confusion_matrix", result["step"], figures.confusion_image(result))
   writer.close()
   wrong = np.flatnonzero(predictions != split.labels)[:MAX_MISTAKES_SAVED]
   np.savez_compressed(path.with_name(path.stem + "_mistakes.npz"),
                       images=split.images[wrong], labels=split.labels[wrong],
                       predictions=predictions[wrong], indices=wrong,
                       class_names=np.asarray(split.class_names))
-  print(f"{config.model.name} step {result['step']}: accuracy {result['accuracy']:.4f} "
-        f"loss {result['loss']:.4f} on {result['num_examples']} examples of "
-        f"{result['split']} -> {path}", file=sys.stderr)
-  print(f"accuracy: {result['accuracy']:.4f}")
-  return result

@@ -8,21 +8,14 @@ locked, so a misspelt key is an error rather than a silently ignored flag.
 """
 from __future__ import annotations
 
-import os
 import sys
 
-if __name__ == "__main__":  # first: it may re-execute the process
-  from cifar_jax import host_memory
-  host_memory.use_huge_pages()
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
-
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from cifar_jax import cli  # noqa: E402
+from cifar_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
@@ -43,13 +36,14 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.
-  from cifar_jax import checkpoint, evaluate, input_pipeline, metrics, train, workdir
+  from cifar_jax import checkpoint, distributed, evaluate, input_pipeline, metrics, train, workdir
 
   known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                   checkpoint.NoCheckpointError, metrics.NonFiniteLossError,
-                  workdir.WorkdirBusyError, ValueError)
+                  workdir.WorkdirBusyError, distributed.DistributedError, ValueError)
   config = cli.config_or_exit("cifar_jax")
   try:
+    distributed.initialize(config)  # before anything touches a device
     if FLAGS.mode == "train":
       train.train_and_evaluate(config, FLAGS.workdir)
     else:
@@ -62,4 +56,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  cli.start_program()
   app.run(main, flags_parser=parse_flags)

@@ -1,8 +1,9 @@
 """Metrics as sums: accumulated on the device, fetched and averaged at log time.
 
 Steps return sums (`loss_sum`, `correct`, `count`, ...) so that batches of any
-size and padded evaluation batches combine exactly. Keys ending in `_min` are
-reduced with minimum instead of sum (used to remember the first bad step).
+size and padded evaluation batches combine exactly. A key is summed unless
+`REDUCTIONS` declares otherwise; the same table reduces over steps
+(`Accumulator`) and over devices (`reduce_over_devices`, under pmap).
 """
 from __future__ import annotations
 
@@ -14,13 +15,24 @@ import numpy as np
 
 NO_BAD_STEP = np.iinfo(np.int32).max
 
+# How a step metric combines across steps and devices, where not by sum.
+# first_bad_step: the first step whose loss was NaN/Inf (NO_BAD_STEP: none).
+REDUCTIONS: dict[str, str] = {"first_bad_step": "min"}
+
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or Inf."""
 
 
 def _combine(key: str, a, b):
-  return jnp.minimum(a, b) if key.endswith("_min") else a + b
+  return jnp.minimum(a, b) if REDUCTIONS.get(key) == "min" else a + b
+
+
+def reduce_over_devices(step_metrics: dict[str, jax.Array], axis_name: str
+                        ) -> dict[str, jax.Array]:
+  """Inside pmap: every device's metrics combined as `REDUCTIONS` says."""
+  return {k: (jax.lax.pmin(v, axis_name) if REDUCTIONS.get(k) == "min"
+              else jax.lax.psum(v, axis_name)) for k, v in step_metrics.items()}
 
 
 class Accumulator:
@@ -60,7 +72,7 @@ def means(sums: dict[str, np.ndarray]) -> dict[str, float]:
 
 def check_finite(sums: dict[str, np.ndarray], epoch: int) -> None:
   """Raises NonFiniteLossError naming the first step whose loss was not finite."""
-  bad_step = int(sums.get("bad_step_min", NO_BAD_STEP))
+  bad_step = int(sums.get("first_bad_step", NO_BAD_STEP))
   if bad_step != NO_BAD_STEP or not np.isfinite(sums["loss_sum"]):
     where = f"step {bad_step}" if bad_step != NO_BAD_STEP else "an unknown step"
     raise NonFiniteLossError(

@@ -10,6 +10,11 @@ give the result of one device on the same global batch.
 
 The whole dataset lives on the devices as uint8 and batches are gathered there
 from index plans, so nothing but a few indices crosses from the host per step.
+
+Across processes (distributed.py) the mesh spans every process's devices.
+Every process holds the same host values (the dataset, the state, the
+index plan); `device_put` and the jitted gather then fill only this
+process's devices, each with its share of the global batch.
 """
 from __future__ import annotations
 
@@ -67,6 +72,8 @@ class DataParallel:
   # ---- placement -------------------------------------------------------------
   def replicate(self, tree: Any) -> Any:
     """A host/single-device tree -> the layout the compiled steps take."""
+    if jax.process_count() > 1:  # from host values: arrays cannot cross hosts
+      tree = jax.device_get(tree)
     if self.mode == "jit":
       return jax.device_put(tree, self.replicated)
     n = self.num_devices
@@ -74,9 +81,13 @@ class DataParallel:
     return jax.jit(stack, out_shardings=self.sharded)(jax.device_put(tree, self.replicated))
 
   def unreplicate(self, tree: Any) -> Any:
-    """The inverse of `replicate`: one copy of the state, e.g. to checkpoint."""
+    """The inverse of `replicate`: one copy of the state, e.g. to checkpoint.
+    Across processes it is host numpy (every process holds the same), which
+    orbax writes once, from the primary process."""
     if self.mode == "pmap":
-      return jax.tree.map(lambda x: x[0], tree)
+      tree = _first_device(tree)
+    if jax.process_count() > 1:
+      return jax.tree.map(np.asarray, tree)
     return tree
 
   def put_dataset(self, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -137,9 +148,21 @@ class DataParallel:
 
     def step(state, batch):
       metrics, per_example = compiled(state, batch)
-      return _first_device(metrics), jax.tree.map(lambda x: x.reshape(-1), per_example)
+      return _first_device(metrics), jax.tree.map(lambda x: _whole(x).reshape(-1),
+                                                  per_example)
     return step, time.perf_counter() - start
 
 
+def _whole(x: jax.Array) -> jax.Array | np.ndarray:
+  """The global value of a device-sharded pmap output, also where some of its
+  devices belong to other processes (each then contributes its rows)."""
+  if x.is_fully_addressable:
+    return x
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
 def _first_device(tree):
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first device's row of pmap outputs (which every device holds alike),
+  taken from a device of this process: the others may be on other hosts."""
+  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)

@@ -5,7 +5,7 @@ from the config and from what this machine can do, before anything compiles.
 the model computes in and the name of its convolution implementation (a key
 of `cpu_conv.IMPLEMENTATIONS`), with one line, `Compute.notice`, that says
 what was chosen and why. The model gets both as constructor arguments
-(`train.create_model`), so a compiled program depends only on its inputs.
+(`run.create_model`), so a compiled program depends only on its inputs.
 
 `config.half_precision`:
 - ``"auto"``: bfloat16 where the device computes it natively (a GPU or TPU; a

@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Callable, NamedTuple
 
 LOCK_FILE = ".lock"
 
@@ -83,10 +83,11 @@ class JsonLines(NamedTuple):
   num_lines: int
 
 
-def read_jsonl(path: str | Path) -> JsonLines:
-  """The JSON objects of a JSON-lines file (none if it does not exist) and the
-  numbers of the lines that are not one: typically a last line (number
-  `num_lines`) torn by a kill or a full disk."""
+def read_jsonl(path: str | Path, accept: Callable[[dict[str, Any]], bool] = lambda row: True
+               ) -> JsonLines:
+  """The JSON objects of a JSON-lines file (none if it does not exist) that
+  `accept` keeps, and the numbers of the lines that are not one: typically a
+  last line (number `num_lines`) torn by a kill or a full disk."""
   path = Path(path)
   if not path.exists():
     return JsonLines([], [], 0)
@@ -99,7 +100,7 @@ def read_jsonl(path: str | Path) -> JsonLines:
       row = json.loads(line)
     except ValueError:
       row = None
-    if isinstance(row, dict):
+    if isinstance(row, dict) and accept(row):
       rows.append(row)
     else:
       bad_lines.append(number)

@@ -52,7 +52,7 @@ def test_benchmark_prints_one_json_line_per_model(benchmark_script, compile_cach
 
 def test_benchmark_table_and_bf16(benchmark_script, compile_cache):
   out = _stdout_of(benchmark_script.main, ["--models=lenet5", "--batch=8", "--steps=1",
-                                    "--half_precision", f"--compilation_cache_dir={compile_cache}"])
+                                    "--half_precision=true", f"--compilation_cache_dir={compile_cache}"])
   header, row = out.splitlines()
   assert header.split()[:3] == ["model", "batch", "img_per_s"]
   assert row.split()[0] == "lenet5" and "bfloat16" in row.split()

@@ -35,7 +35,7 @@ def tiny_config(name: str, overrides: dict, compile_cache: str):
   compiling 17 configs three times fits the suite: the same modules, dtypes
   and convolution paths, at a fraction of the size."""
   from models_test import SMALL
-  config = importlib.import_module(f"configs.{name}").get_config()
+  config = importlib.import_module(f"cifar_jax.configs.{name}").get_config()
   config.model.update(SMALL.get(config.model.name, {}))
   config.num_epochs = 1
   config.batch_size = config.eval_batch_size = BATCH

@@ -8,6 +8,8 @@ from cifar_jax import augment
 from cifar_jax import models
 from cifar_jax import optim
 from cifar_jax import train
+from cifar_jax import config_checks
+from cifar_jax import run as run_lib
 from conftest import REPO_ROOT
 
 CONFIG_NAMES = sorted(p.stem for p in pathlib.Path(REPO_ROOT, "configs").glob("*.py")
@@ -20,26 +22,26 @@ def test_every_registered_model_has_a_config():
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_config_builds(name):
-  config = importlib.import_module(f"configs.{name}").get_config()
-  train.validate_config(config)
+  config = importlib.import_module(f"cifar_jax.configs.{name}").get_config()
+  config_checks.validate_config(config)
   assert config.model.name in models.model_names()
   augment.build(config.augment)
   optim.create_optimizer(config, steps_in_epoch=100)
-  model = train.create_model(config)
+  model = run_lib.create_model(config)
   assert model.num_classes == config.dataset.num_classes
 
 
 def test_alternating_flip_with_a_random_flip_is_rejected():
-  config = importlib.import_module("configs.speedrun").get_config()
-  train.validate_config(config)
+  config = importlib.import_module("cifar_jax.configs.speedrun").get_config()
+  config_checks.validate_config(config)
   config.augment = "flip|crop(pad=2, mode='reflect')"
   with pytest.raises(ValueError, match="alternating_flip replaces the random flip"):
-    train.validate_config(config)
+    config_checks.validate_config(config)
 
 
 def test_speedrun_evaluates_only_after_the_last_epoch_and_negative_periods_are_rejected():
-  config = importlib.import_module("configs.speedrun").get_config()
+  config = importlib.import_module("cifar_jax.configs.speedrun").get_config()
   assert config.eval_every_epochs == 0  # speedrun_test checks the loop then evaluates only the last
   config.eval_every_epochs = -1
   with pytest.raises(ValueError, match="eval_every_epochs must be >= 0"):
-    train.validate_config(config)
+    config_checks.validate_config(config)

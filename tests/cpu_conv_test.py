@@ -56,7 +56,7 @@ def test_extension_for_another_jaxlib_is_refused_with_how_to_rebuild(monkeypatch
 
 
 def _config(conv_backend, half_precision):
-  from configs import base
+  from cifar_jax.configs import base
   config = base.get_config()
   config.conv_backend, config.half_precision = conv_backend, half_precision
   return config

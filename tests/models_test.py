@@ -220,6 +220,26 @@ def test_cli_json_lists_every_model():
   assert "11,173,962" in table and "MFLOPs" in table
 
 
+def test_cli_layers_prints_a_per_layer_table():
+  table = run_cli(["lenet5", "--layers"])
+  assert table.startswith("lenet5\n")
+  for text in ("Conv_0", "Dense_2", "float32[1,32,32,3]", "float32[1,28,28,6]", "flops",
+               "kernel: float32[5,5,3,6]", "Total Parameters: 62,006"):
+    assert text in table
+  # The first convolution's row: 5*5*3 multiply-adds for each of 28*28*6
+  # outputs, 2 FLOPs each, plus the bias adds.
+  conv_row = next(line for line in table.splitlines() if "Conv_0" in line)
+  flops = int(conv_row.split("│")[5])
+  assert 2 * 75 * 28 * 28 * 6 <= flops <= 1.05 * 2 * 75 * 28 * 28 * 6
+  # BatchNorm statistics are counted apart from the trainable parameters.
+  small = run_cli(["resnet18", "--layers", "--depth=1", "--no-flops"])
+  assert "BasicBlock_0" in small and "BasicBlock_0/Conv_0" not in small
+  assert "flops" not in small and "Trainable parameters" in small
+  assert "11,173,962" in small
+  with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+    models_cli.main(["--layers"])
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 9, 4), (3, 6, 6, 5)])
 def test_fast_max_pool_matches_flax_max_pool(shape, dtype):

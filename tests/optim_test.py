@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from cifar_jax import optim
-from configs import base
+from cifar_jax.configs import base
 
 
 def _config(**schedule):

@@ -10,7 +10,7 @@ import pytest
 from cifar_jax import cpu_conv
 from cifar_jax import precision
 from conftest import REPO_ROOT
-from configs import base
+from cifar_jax.configs import base
 
 AVX2 = precision.Machine("cpu", "avx2", False, None, onednn_f32=True, onednn_bf16=False)
 ZEN4 = precision.Machine("cpu", "avx512_core_bf16", True, None, onednn_f32=True,

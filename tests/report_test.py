@@ -4,13 +4,15 @@ no-wandb fallback.
 Two tiny lenet5 runs are trained once for the module: "evaluated" (then
 `evaluate`d) and "unevaluated" (trained with config.wandb.project set while
 `import wandb` fails); a third workdir only has a config.json, like a run
-that is still starting.
+that is still starting. The runs are shared by the tests of every part of the
+report (runs, figures, markdown, write, the command line), hence one file.
 """
 import json
 import math
+import os
 import re
 import shutil
-import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -19,7 +21,10 @@ import pytest
 from cifar_jax import evaluate
 from cifar_jax import report
 from cifar_jax import train
-from conftest import make_split, make_tiny_config
+from cifar_jax.report import __main__ as report_main
+from cifar_jax.report import figures
+from cifar_jax.report import write
+from conftest import REPO_ROOT, make_split, make_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +46,18 @@ def runs(tmp_path_factory, compile_cache):
   return root
 
 
+def run_report(*args):
+  """`python -m cifar_jax.report ARGS`, in-process."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("JAX_PLATFORMS", "cpu")  # main() sets it; not for the later tests
+    return report_main.main(list(args))
+
+
 @pytest.fixture(scope="module")
 def written(runs, tmp_path_factory):
   out = tmp_path_factory.mktemp("report")
   workdirs = [runs / "evaluated", runs / "unevaluated", runs / "starting"]
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setenv("JAX_PLATFORMS", "cpu")  # main() sets it; not for the later tests
-    assert report.main(["--workdirs", *map(str, workdirs), "--out", str(out)]) == 0
+  assert run_report("--out", str(out), *map(str, workdirs)) == 0
   return out
 
 
@@ -144,38 +154,92 @@ def test_missing_and_partial_workdirs_do_not_crash(runs, tmp_path):
   assert "No training curves plot" in (tmp_path / "empty" / "report.md").read_text()
 
 
+def test_a_malformed_metrics_line_is_noted_unless_it_is_the_last(runs, tmp_path):
+  lines = (runs / "evaluated" / "metrics.jsonl").read_text().splitlines()
+  torn = lines[1][:20]  # the last line, being written
+  (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], "{not json", lines[1], torn]))
+  run = report.load_run(tmp_path)
+  assert [r["epoch"] for r in run.metrics] == [1, 2]
+  assert [n for n in run.notes if n.startswith("skipped")] == [
+      "skipped a malformed line 2 of `metrics.jsonl`"]
+
+
 def test_confusion_image_is_rgb_uint8():
   result = {"accuracy": 0.5, "step": 3, "split": "test", "model": "lenet5",
             "class_names": ["a", "b"], "confusion_matrix": [[3, 1], [2, 2]]}
-  image = report.confusion_image(result)
+  image = figures.confusion_image(result)
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
   assert image.min() < 100 < 200 < image.max()  # drawn, not blank
 
 
-def _events(workdir):
-  """Every tensorboard Event in workdir/tensorboard (TFRecord framing, parsed
-  with tensorboardX's protobuf: no tensorboard or TensorFlow needed)."""
-  from tensorboardX.proto import event_pb2
-  events = []
+@pytest.mark.parametrize("args, workdirs, flops", [
+    (["--out=o", "a", "b"], ["a", "b"], True),
+    (["--workdirs=a,b", "--out=o"], ["a", "b"], True),
+    (["--workdirs", "a", "b", "--out", "o"], ["a", "b"], True),  # the argparse version's form
+    (["--workdirs=a", "--out=o", "b"], ["a", "b"], True),
+    (["--noflops", "--out=o", "a"], ["a"], False),
+])
+def test_command_line_takes_workdirs_after_the_flags_or_as_a_list(monkeypatch, args, workdirs,
+                                                                   flops):
+  calls = []
+  monkeypatch.setattr(write, "write_report", lambda *a, **k: calls.append((a, k)) or [])
+  assert run_report(*args) == 0
+  assert calls == [((workdirs, "o"), {"flops": flops})]
+
+
+def test_command_line_with_a_workdir_list_and_no_flops(runs, tmp_path):
+  workdirs = f"--workdirs={runs / 'evaluated'},{runs / 'unevaluated'}"
+  assert run_report(workdirs, "--noflops", f"--out={tmp_path}") == 0
+  assert (tmp_path / "confusion_evaluated.png").stat().st_size > 0
+  sections = _sections((tmp_path / "report.md").read_text())
+  assert set(sections) == {"evaluated (lenet5)", "unevaluated (lenet5)"}
+  assert all(t["FLOPs (forward, 1 image)"] == "n/a" for t in sections.values())
+  assert _number(sections["evaluated (lenet5)"]["Parameters"]) == 62006  # the eval file's
+
+
+def test_command_line_errors_say_what_is_missing(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    run_report(f"--out={tmp_path}")
+  assert e.value.code.startswith("cifar_jax.report: error: no workdirs: pass them after")
+  assert "\n" not in e.value.code
+  with pytest.raises(SystemExit) as e:
+    run_report(str(tmp_path))
+  assert e.value.code.startswith("cifar_jax.report: error: flag --out=None")
+  with pytest.raises(SystemExit) as e:
+    run_report("--no-flops", f"--out={tmp_path}", str(tmp_path))
+  assert "Unknown command line flag 'no-flops'" in e.value.code
+  assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_help_shows_the_usage_and_the_flags():
+  result = subprocess.run([sys.executable, "-m", "cifar_jax.report", "--help"], cwd=REPO_ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "python -m cifar_jax.report --out=reports/cmp runs/lenet5 runs/r18" in result.stdout
+  for flag in ("--workdirs", "--out", "--[no]flops"):
+    assert flag in result.stdout
+
+
+def _summaries(workdir):
+  """(tag, step, value) of every summary in workdir/tensorboard, read as
+  TensorBoard reads them; a scalar's value is a float, an image's the
+  (width, height, PNG bytes) that tf.summary.image stores."""
+  import tensorflow as tf
+  out = []
   for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event()
-      event.ParseFromString(data[offset + 12:offset + 12 + length])
-      events.append(event)
-      offset += 12 + length + 4  # length, its crc, payload, payload crc
-  return events
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        out.append((value.tag, event.step, tf.make_ndarray(value.tensor)))
+  return out
 
 
 def test_tensorboard_has_the_epoch_scalars_and_the_confusion_image(runs):
   for name in ("evaluated", "unevaluated"):
     scalars = {}
-    for event in _events(runs / name):
-      for value in event.summary.value:
-        if value.HasField("simple_value"):
-          scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    for tag, step, value in _summaries(runs / name):
+      if value.ndim == 0:
+        scalars.setdefault(tag, []).append((step, float(value)))
     records = _records(runs / name)
     for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
                 "learning_rate", "epoch_time_s", "train_img_per_s"):
@@ -183,14 +247,14 @@ def test_tensorboard_has_the_epoch_scalars_and_the_confusion_image(runs):
       assert [s for s, _ in scalars[key]] == [s for s, _ in expected], key
       np.testing.assert_allclose([v for _, v in scalars[key]], [v for _, v in expected],
                                  rtol=1e-6)
-  images = [(e.step, v.image) for e in _events(runs / "evaluated")
-            for v in e.summary.value if v.tag == "eval/confusion_matrix"]
+  images = [(step, value) for tag, step, value in _summaries(runs / "evaluated")
+            if tag == "eval/confusion_matrix"]
   assert len(images) == 1
-  step, image = images[0]
+  step, (width, height, png) = images[0]
   result = json.loads((runs / "evaluated" / "eval_train_45000.json").read_text())
   assert step == result["step"]  # of the best checkpoint, the one evaluated
-  assert image.width > 300 and image.height > 300
-  assert image.encoded_image_string[:4] == b"\x89PNG"
+  assert int(width) > 300 and int(height) > 300
+  assert png[:4] == b"\x89PNG"
 
 
 def test_training_works_without_wandb_installed(runs):

@@ -21,6 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from cifar_jax import checkpoint
+
 HERE = Path(__file__).resolve().parent
 TIME_KEYS = ("epoch_time_s", "train_img_per_s", "compile_s")
 # In this order on one workdir: each run resumes what the previous one left.
@@ -40,7 +42,7 @@ def _install_fault(fault: str) -> None:
 
     def add(self, step_metrics):
       original_add(self, step_metrics)
-      calls[0] += "bad_step_min" in step_metrics  # training steps only
+      calls[0] += "first_bad_step" in step_metrics  # training steps only
       if calls[0] == value:
         _kill_self()
     metrics.Accumulator.add = add
@@ -100,6 +102,9 @@ def test_killed_at_every_kind_of_moment_resumes_to_the_uninterrupted_run(tmp_pat
   for fault in FAULTS:
     result = _run(killed, compile_cache, fault)
     assert result.returncode == -signal.SIGKILL, (fault, result.stderr[-3000:])
+    # What a reader (the search resuming a trial) sees: the newest finalized save.
+    assert checkpoint.latest_step(killed) == max(
+        int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()), fault
   final = _run(killed, compile_cache)
   assert final.returncode == 0, final.stderr[-3000:]
   assert not list(killed.rglob("*.orbax-checkpoint-tmp*")), "temporary directories left"

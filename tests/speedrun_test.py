@@ -12,9 +12,11 @@ from cifar_jax import evaluate
 from cifar_jax import models
 from cifar_jax import optim
 from cifar_jax import train
+from cifar_jax import steps
+from cifar_jax import run as run_lib
 from cifar_jax.models import speedrun as speedrun_model
-from configs import speedrun
-from configs import speedrun_muon
+from cifar_jax.configs import speedrun
+from cifar_jax.configs import speedrun_muon
 from conftest import make_split
 
 SMALL_WIDTHS = (16, 32, 32)
@@ -45,14 +47,14 @@ def _patches(x):
 
 def test_whitening_init_decorrelates_held_out_patches():
   config = _config()
-  model = train.create_model(config)
+  model = run_lib.create_model(config)
   tx, _ = optim.create_optimizer(config, 10)
-  state = train.create_train_state(config, model, tx, init_images=_correlated_images(300, 0))
-  template = train.create_train_state(config, model, tx)  # what evaluate.py restores into
+  state = run_lib.create_train_state(config, model, tx, init_images=_correlated_images(300, 0))
+  template = run_lib.create_train_state(config, model, tx)  # what evaluate.py restores into
   assert jax.tree.map(jnp.shape, template.batch_stats) == jax.tree.map(jnp.shape, state.batch_stats)
   assert jax.tree.map(jnp.shape, template.params) == jax.tree.map(jnp.shape, state.params)
 
-  x = train.normalize(train._to_unit_float(jnp.asarray(_correlated_images(100, 1))))
+  x = steps.normalize(steps.to_unit_float(jnp.asarray(_correlated_images(100, 1))))
   patches = _patches(np.asarray(x, np.float64))
   correlation = np.corrcoef(patches.T)
   assert np.abs(correlation - np.eye(12)).max() > 0.9  # far from white to begin with
@@ -70,7 +72,7 @@ def test_whitening_init_decorrelates_held_out_patches():
 
 
 def test_whitening_filters_give_unit_second_moments_on_their_data():
-  x = np.asarray(train.normalize(train._to_unit_float(jnp.asarray(_correlated_images(50, 2)))))
+  x = np.asarray(steps.normalize(steps.to_unit_float(jnp.asarray(_correlated_images(50, 2)))))
   filters = speedrun_model.whitening_filters(x, 2, eps=0.0)
   assert filters.shape == (2, 2, 3, 12)
   y = _patches(x.astype(np.float64)) @ filters.reshape(12, 12)
@@ -123,13 +125,13 @@ def test_speedrun_config_trains_and_evaluates_with_tta(tmp_path, compile_cache):
   result = evaluate.evaluate(config, tmp_path, split=eval_split)
   assert result["accuracy"] == pytest.approx(record["ema_eval_accuracy"])
 
-  model = train.create_model(config)
+  model = run_lib.create_model(config)
   tx, _ = optim.create_optimizer(config, 10)
   ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
-  state, _ = ckpt.restore(train.create_train_state(config, model, tx), "latest")
+  state, _ = ckpt.restore(run_lib.create_train_state(config, model, tx), "latest")
   ckpt.close()
-  x = train.normalize(train._to_unit_float(jnp.asarray(
-      train_split.images[:train.DATA_INIT_IMAGES])))
+  x = steps.normalize(steps.to_unit_float(jnp.asarray(
+      train_split.images[:run_lib.DATA_INIT_IMAGES])))
   filters = speedrun_model.whitening_filters(x)
   for weights in (state.batch_stats, state.ema["batch_stats"]):
     np.testing.assert_allclose(weights["whiten"]["kernel"],
@@ -151,10 +153,10 @@ def test_speedrun_muon_config_trains_with_kernels_at_fixed_norm(tmp_path, compil
                                     eval_split=make_split(128, seed=1, learnable=True))
   assert record["eval_accuracy"] > 0.3, record  # chance 0.1
 
-  model = train.create_model(config)
+  model = run_lib.create_model(config)
   tx, _ = optim.create_optimizer(config, 10)
   ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
-  state, _ = ckpt.restore(train.create_train_state(config, model, tx), "latest")
+  state, _ = ckpt.restore(run_lib.create_train_state(config, model, tx), "latest")
   ckpt.close()
   kernels = [p for p in jax.tree.leaves(state.params) if p.ndim == 4]
   assert len(kernels) == 2 * len(SMALL_WIDTHS)

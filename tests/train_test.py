@@ -1,6 +1,5 @@
 """Train loop behaviour: device-count invariance, resuming, NaN stop, Ctrl-C,
 checkpoint mismatches, exact evaluation and the files a run writes."""
-import functools
 import json
 import os
 import shutil
@@ -11,36 +10,36 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import augment
 from cifar_jax import checkpoint
 from cifar_jax import evaluate
 from cifar_jax import metrics as metrics_lib
-from cifar_jax import optim
 from cifar_jax import parallel
 from cifar_jax import precision
+from cifar_jax import run as run_lib
+from cifar_jax import steps
 from cifar_jax import train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax import writers
 from conftest import make_split
 
 
+def _xla_one_device():
+  return run_lib.Layout(parallel.DataParallel("jit", 1), precision.XLA_FORM)
+
+
 def _run_steps(config, mode, num_devices, split, num_steps=3, compute=precision.XLA_FORM):
   """Trains `num_steps` steps on fixed batches; returns (losses, params)."""
-  par = parallel.DataParallel(mode, num_devices)
-  model = train.create_model(config, compute, par.axis_name)
-  tx, _ = optim.create_optimizer(config, 10)
-  state = par.replicate(train.create_train_state(config, model, tx))
-  step_fn = functools.partial(train.train_step, augment_fn=augment.build(config.augment),
-                              num_classes=10, axis_name=par.axis_name)
-  gather = par.make_gather()
-  data = par.put_dataset({"image": split.images, "label": split.labels})
+  layout = run_lib.Layout(parallel.DataParallel(mode, num_devices), compute)
+  run = run_lib.build_run(config, num_train_examples=10 * config.batch_size, layout=layout)
+  state = run.place(run.state)
+  data = run.put_split(split)
+  step, _ = run.compile_train(state, data)
   batches = np.arange(num_steps * config.batch_size).reshape(num_steps, -1)
-  step, _ = par.compile_train(step_fn, state, gather(data, batches[0]), jax.random.PRNGKey(1))
   losses = []
   for i, indices in enumerate(batches):
-    state, m = step(state, gather(data, indices), jax.random.PRNGKey(i))
+    state, m = step(state, run.gather(data, indices), jax.random.key_data(jax.random.key(i)))
     losses.append(float(m["loss_sum"]) / float(m["count"]))
-  return np.array(losses), jax.device_get(par.unreplicate(state).params)
+  return np.array(losses), jax.device_get(run.par.unreplicate(state).params)
 
 
 def tiny_resnet_config(config):
@@ -70,9 +69,7 @@ def test_multi_device_training_matches_one_device(tiny_config, mode, num_devices
 
 
 def _params(workdir, config):
-  model = train.create_model(config)
-  tx, _ = optim.create_optimizer(config, 1)
-  template = train.create_train_state(config, model, tx)
+  template = run_lib.build_run(config, layout=_xla_one_device()).state
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   state, meta = ckpt.restore(template, "latest")
   ckpt.close()
@@ -181,8 +178,8 @@ def test_evaluate_counts_every_example_once(tiny_config, tmp_path):
   assert result["num_examples"] == 70
   # Reference: the restored model applied to every example directly.
   params, _ = _params(tmp_path, tiny_config)
-  model = train.create_model(tiny_config)
-  images = train.normalize(jnp.asarray(split.images, jnp.float32) / 255.0)
+  model = run_lib.create_model(tiny_config)
+  images = steps.model_inputs(jnp.asarray(split.images))
   logits = model.apply({"params": params}, images, train=False)
   predictions = np.asarray(jnp.argmax(logits, -1))
   assert result["accuracy"] == pytest.approx(np.mean(predictions == split.labels))

@@ -14,7 +14,7 @@ A model may also register a data-dependent initialisation with
 ``register_data_init(name, fn)``: ``fn(variables, images) -> variables`` gets
 the freshly initialised variables and a sample of training images exactly as
 ``apply`` receives them (float NHWC, normalised) and returns variables of the
-same tree, shapes and dtypes. ``train.create_train_state`` applies it when it
+same tree, shapes and dtypes. ``run.create_train_state`` applies it when it
 is given images; without them (templates for restoring a checkpoint) the
 variables keep their ordinary initialisation, with the same shapes.
 
@@ -58,13 +58,17 @@ def model_names() -> list[str]:
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
-  """Builds the registered model ``name``; unknown names fail with a hint."""
+  """Builds the registered model ``name``; unknown names fail with a hint.
+  List options (e.g. ``stage_sizes``) may be lists or tuples."""
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(
         f"Unknown model.name {name!r}.{hint} Registered models: "
         f"{', '.join(model_names())}. List them with `python -m cifar_jax.models`.")
+  # Lists arrive from JSON (config.json, trials.jsonl) and command lines;
+  # flax module fields must be hashable.
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   try:
     return _REGISTRY[name](**kwargs)
   except TypeError as e:

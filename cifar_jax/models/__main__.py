@@ -6,6 +6,13 @@
 FLOPs are XLA's cost-analysis count for one 32x32x3 image in eval mode (see
 cifar_jax/models/summary.py); each model is compiled once for it, which takes
 a while for the large transformers. ``--no-flops`` skips the compilation.
+
+    python -m cifar_jax.models resnet18 --layers            # per-layer table
+    python -m cifar_jax.models resnet18 --layers --depth=1  # top-level modules only
+
+``--layers`` prints flax's ``nn.tabulate`` of each named model on a
+(1, 32, 32, 3) input: per module its input and output shapes, XLA's FLOPs
+of that module and its parameters (``--no-flops`` leaves FLOPs out).
 """
 from __future__ import annotations
 
@@ -38,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="print a JSON list of {name, params, flops}")
   parser.add_argument("--no-flops", action="store_true",
                       help="skip the XLA compilation that counts FLOPs")
+  parser.add_argument("--layers", action="store_true",
+                      help="print a per-layer table (shapes, FLOPs, parameters) of each NAME")
+  parser.add_argument("--depth", type=int, default=None,
+                      help="with --layers: list submodules this deep only (default: all)")
   parser.add_argument("names", nargs="*", metavar="NAME",
                       help="models to list (default: all registered)")
   args = parser.parse_args(argv)
@@ -46,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
   if unknown:
     parser.error(f"unknown model(s) {', '.join(unknown)}; registered: "
                  f"{', '.join(models.model_names())}")
+  if args.layers:
+    if not args.names or args.json:
+      parser.error("--layers prints a table per model: name the model(s), e.g. "
+                   "`python -m cifar_jax.models resnet18 --layers`, without --json")
+    for name in names:
+      print(f"{name}\n{summary.layer_table(name, flops=not args.no_flops, depth=args.depth)}")
+    return 0
   rows = [summary.model_stats(name, flops=not args.no_flops) for name in names]
   if args.json:
     json.dump(rows, sys.stdout, indent=1)

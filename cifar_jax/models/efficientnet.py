@@ -12,16 +12,23 @@ Adapted to 32x32: on 224x224 the stem and stages 2, 3, 4 and 6 have stride 2
 (224 -> 7). Here the stem and stage 2 (24 channels) have stride 1, so stages
 1-2 run at 32x32, stage 3 at 16x16, stages 4-5 at 8x8 and stages 6-7 and the
 head at 4x4 (total stride 8). ``stem_stride``, ``strides`` and the stage table
-``stages`` (default: B0's) are fields.
-BatchNorm uses the project's PyTorch defaults (eps 1e-5) rather than
-EfficientNet's 1e-3. Parameters with 10 classes: B0 4,020,358, B1 6,525,994
-(torchvision's counts minus the 1000-class head difference).
+``stages`` (default: B0's) are fields. Otherwise this is torchvision's
+``efficientnet_b0/b1``: with stride 1 in its stem conv (``features[0][0]``)
+and in stage 2's first depthwise conv (``features[2][0].block[1][0]``)
+torchvision's model computes the same function (tests/reference_test.py), and
+with ``stem_stride=2, strides=(1, 2, 2, 2, 1, 2, 1)`` the stock one.
+BatchNorm uses the project's PyTorch defaults (eps 1e-5, as torchvision's
+B0/B1 do) rather than the TensorFlow original's 1e-3.
+Parameters with 10 classes: B0 4,020,358, B1 6,525,994 (torchvision's counts
+minus the 1000-class head difference).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -29,7 +36,8 @@ import numpy as np
 
 from cifar_jax import models
 from cifar_jax.models import layers
-from cifar_jax.models.layers import ConvNormAct, DropPath
+from cifar_jax.models.layers import ConvNormAct
+from cifar_jax.models.layers import DropPath
 
 # Per stage: (expand_ratio, kernel, out_channels, repeats) before width/depth
 # scaling. Strides are a separate field.

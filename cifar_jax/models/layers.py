@@ -4,11 +4,13 @@ stochastic depth, pooling and the transformer MLP."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 # How a model computes its convolutions is an input of the model, never
@@ -44,11 +46,44 @@ def activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
   return ACTIVATIONS[name]
 
 
+class BatchNorm(nn.BatchNorm):
+  """nn.BatchNorm whose running variance averages the unbiased batch variance.
+
+  PyTorch normalises a training batch by its biased variance (as flax does) but
+  updates ``running_var`` with the unbiased one, ``n / (n - 1)`` times larger,
+  where n counts the values per channel (batch x height x width, over all
+  devices of ``axis_name``); flax's own update uses the biased one. Same
+  name, fields and variables as nn.BatchNorm: checkpoints restore and evaluate
+  as before; only the statistics of further training steps differ, by that
+  factor on each step's new term.
+  """
+
+  @nn.compact
+  def __call__(self, x, use_running_average: bool | None = None):
+    frozen = nn.merge_param("use_running_average", self.use_running_average,
+                            use_running_average)
+    updates = not frozen and not self.is_initializing()
+    old_var = self.get_variable("batch_stats", "var") if updates else None
+    y = super().__call__(x, use_running_average)
+    if updates:
+      feature_axes = {a % x.ndim for a in np.atleast_1d(self.axis)}
+      n = int(np.prod([d for a, d in enumerate(x.shape) if a not in feature_axes]))
+      if self.axis_name is not None:
+        n = lax.psum(n, self.axis_name)
+      # flax stored momentum * old + (1 - momentum) * biased: rescale the new term
+      # (n = 1, where PyTorch refuses to train, keeps the biased one).
+      kept = self.momentum * old_var
+      fresh = self.get_variable("batch_stats", "var") - kept
+      self.put_variable("batch_stats", "var", kept + fresh * (n / jnp.maximum(n - 1, 1)))
+    return y
+
+
 def batch_norm(train: bool, dtype: Any, axis_name: str | None, *,
                use_affine: bool = True, zero_init: bool = False,
                momentum: float = 0.9, use_scale: bool | None = None,
                name: str | None = None) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's defaults (momentum 0.1 == flax 0.9, eps 1e-5).
+  """BatchNorm with PyTorch's defaults and updates (momentum 0.1 == flax 0.9,
+  eps 1e-5, running variance from the unbiased batch variance: `BatchNorm`).
 
   Statistics are reduced in float32 even when ``dtype`` is bfloat16, and
   ``axis_name`` averages them across pmap devices so that multi-device training
@@ -57,7 +92,7 @@ def batch_norm(train: bool, dtype: Any, axis_name: str | None, *,
   ``use_scale=False`` keeps the bias but drops the scale (``None``: as
   ``use_affine``).
   """
-  return nn.BatchNorm(
+  return BatchNorm(
       use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype,
       axis_name=axis_name, use_bias=use_affine,
       use_scale=use_affine if use_scale is None else use_scale,

@@ -11,14 +11,19 @@ Adapted to 32x32 as the usual CIFAR ports do: the ImageNet stem has stride 2
 and the 24-channel stage has stride 2 (224 -> 7); both have stride 1 here, so
 the network downsamples 32 -> 16 -> 8 -> 4 in the 32-, 64- and 160-channel
 stages and the final map is 4x4. ``stem_stride``, ``strides`` and the stage
-table ``stages`` (default: the paper's) are fields.
+table ``stages`` (default: the paper's) are fields. Otherwise this is
+torchvision's ``mobilenet_v2``: given the stage table with stride 1 for the
+24-channel stage and a stride-1 stem conv (``features[0][0]``), torchvision's
+model computes the same function (tests/reference_test.py), and with
+``stem_stride=2, strides=(1, 2, 2, 2, 1, 2, 1)`` the stock one.
 Parameters with 10 classes: 2,236,682 (torchvision's count minus the
 1000-class head difference).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

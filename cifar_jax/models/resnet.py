@@ -2,14 +2,21 @@
 
 Adapted to 32x32 inputs the way the CIFAR literature (and the seeds) do it: a
 3x3 stride-1 stem and no max-pool, so the four stages see 32, 16, 8 and 4
-pixels. ResNet18/34/50 have 11,173,962 / 21,282,122 / 23,520,842 parameters.
+pixels. Otherwise the network is torchvision's ``resnet18/34/50`` (v1.5: a
+Bottleneck strides in its 3x3 conv; 1x1 projection shortcuts): torchvision's
+model with ``conv1`` replaced by a 3x3 stride-1 conv (padding 1, no bias),
+``maxpool`` by the identity and a 10-class ``fc`` computes the same function
+(tests/reference_test.py). ``stem="imagenet"`` restores torchvision's 7x7
+stride-2 conv and 3x3 stride-2 max-pool for 224x224 inputs.
+ResNet18/34/50 have 11,173,962 / 21,282,122 / 23,520,842 parameters.
 Options from one seed: ``dropout_rate`` before the classifier and
 ``activation`` (``relu`` or ``leaky_relu``).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -89,16 +96,24 @@ class ResNet(nn.Module):
   width: int = 64
   dropout_rate: float = 0.0
   activation: str = "relu"
+  stem: str = "cifar"  # or "imagenet": 7x7 stride-2 conv, then 3x3 stride-2 max-pool
   conv_general_dilated: layers.ConvFn = layers.xla_conv
 
   @nn.compact
   def __call__(self, x, train: bool = False):
+    if self.stem not in ("cifar", "imagenet"):
+      raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
-    x = conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    if self.stem == "cifar":
+      x = conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype)(x)
+    else:
+      x = conv(self.width, (7, 7), 2, padding=3, use_bias=False, dtype=self.dtype)(x)
     x = act(norm()(x))
+    if self.stem == "imagenet":  # padded with -inf, as torch's max-pool pads
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, num_blocks in enumerate(self.stage_sizes):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1

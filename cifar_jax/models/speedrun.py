@@ -18,7 +18,7 @@ images, scaled by ``1 / sqrt(lambda_i + eps)``, and their negations: each
 filter pair responds to one decorrelated, unit-variance patch component, and
 the GELU after it keeps both signs. The filters are computed from data by
 ``init_whitening`` (registered with ``models.register_data_init``;
-``train.create_train_state`` runs it on the first 5,000 training images) and
+``run.create_train_state`` runs it on the first 5,000 training images) and
 stay FROZEN, as in airbench. Being data statistics rather than trained
 weights, they live in the ``batch_stats`` collection next to the BatchNorm
 statistics: checkpointed, replicated and EMA-averaged (a no-op) like them, and

@@ -12,6 +12,10 @@ zero padding. So the numbers are not exactly 2 x the multiply-accumulate
 counts of tools such as fvcore or thop: padded convolutions on small maps come
 out lower (resnet18: XLA 0.97 GFLOPs against 2 x 0.556 GMACs = 1.11), and
 values may differ slightly between backends and XLA versions.
+
+``layer_table`` is flax's ``nn.tabulate`` of a model on one 32x32x3 image:
+one row per module with its input and output shapes, its FLOPs (the same XLA
+count, of that module alone) and its parameters and BatchNorm statistics.
 """
 from __future__ import annotations
 
@@ -77,3 +81,24 @@ def model_stats(name: str, flops: bool = True, **kwargs: Any) -> dict:
       "params": count_params(variables),
       "flops": forward_flops(model, variables) if flops else None,
   }
+
+
+def layer_table(name: str, flops: bool = True, depth: int | None = None,
+                width: int = 160, **kwargs: Any) -> str:
+  """flax's per-module table of registered model ``name`` on one 32x32x3
+  image in eval mode (see the module docstring). ``depth`` limits how deep
+  submodules are listed (None: all); ``width`` is the table's in characters."""
+  import flax.linen as nn
+  model = models.get_model(name, **kwargs)
+  x = jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
+  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+  # No colours: the table is read in files and pipes as often as in terminals.
+  console = {"width": width, "force_terminal": False, "color_system": None}
+  table = nn.tabulate(model, rngs, depth=depth, compute_flops=flops,
+                      console_kwargs=console)(x, train=False)
+  variables = abstract_variables(model)
+  if set(variables) == {"params"}:
+    return table.rstrip()
+  # tabulate's total counts BatchNorm statistics as parameters; say what is trained.
+  return (f"{table.rstrip()}\nTrainable parameters (BatchNorm statistics left out): "
+          f"{count_params(variables):,}")

@@ -20,11 +20,22 @@ in stage 4. Parameters with 10 classes: swin_tiny 27,505,108, swin_small
 48,805,732 (with patch 4, window 7, 224x224 and 1000 classes the same code
 gives the official 28,288,354 / 49,606,258). Tokens are kept as (B, H, W, C)
 maps throughout.
+
+The reference is torchvision's ``SwinTransformer`` (v1), which equals this
+model in the ImageNet settings (``patch_size=4, window_size=7``). In the
+CIFAR settings it equals torchvision's model with ``patch_size=[2, 2]``,
+``window_size=[4, 4]`` and stage 4's attention given a 2x2 window (and its
+49-row tables replaced by 9-row ones): where a map is smaller than the window,
+torchvision keeps the window and zero-pads the map, attending to the padding
+unmasked, while the official code, and this one, shrink the window to the
+map. Stage 3 (4x4 tokens, window 4) is the same in both: one unshifted window
+(tests/reference_test.py).
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

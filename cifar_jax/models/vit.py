@@ -13,7 +13,10 @@ Adapted to 32x32: ImageNet ViTs use 16x16 patches (14x14 = 196 tokens); here
 heads follow DeiT-Ti/S (192 / 384, 3 / 6 heads, depth 12, MLP ratio 4).
 Parameters with 10 classes: vit_tiny 5,362,762, vit_small 21,342,346 (with
 patch 16, 224x224 and 1000 classes the same code gives timm's 5,717,416 /
-22,050,664).
+22,050,664). The model is timm's ``vit_tiny/small_patch16_224`` (class-token
+pooling, qkv bias, LayerNorm eps 1e-6, exact GELU): timm's model created with
+``patch_size=4, img_size=32, num_classes=10`` computes the same function
+(tests/reference_test.py), and with ``patch_size=16`` at 224x224 the stock one.
 """
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+"""EfficientNet-B0 from scratch on 32x32: SGD 0.1, wd 5e-4, 200 epochs, label
+smoothing 0.1; dropout 0.2 and drop_connect 0.2 (the paper's) are the defaults."""
+from cifar_jax.configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.model.name = "efficientnet_b0"
+  config.model.dropout_rate = 0.2
+  config.model.drop_connect_rate = 0.2
+  config.num_epochs = 200
+  config.label_smoothing = 0.1
+  config.schedule.warmup_epochs = 3.0
+  return config

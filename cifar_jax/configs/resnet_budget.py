@@ -1,0 +1,17 @@
+"""ResNet under 5M parameters (4,697,162 at the defaults): SGD 0.1, wd 5e-4,
+cosine, 200 epochs, crop + flip + cutout. The design fields are those of
+configs/search_resnet_budget.py; set them to a search result to train it."""
+from cifar_jax.configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.model.name = "resnet_budget"
+  config.model.stage_sizes = (4, 4, 3)
+  config.model.widths = (64, 128, 256)
+  config.model.kernel_sizes = (3, 3, 3)
+  config.model.skip_kernel_sizes = (1, 1, 1)
+  config.model.pool_size = 8
+  config.num_epochs = 200
+  config.augment = "crop(pad=4)|flip|cutout(size=8)"
+  return config

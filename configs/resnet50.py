@@ -1,8 +1,0 @@
-"""CIFAR ResNet50: ResNet18's recipe."""
-from configs import resnet18
-
-
-def get_config():
-  config = resnet18.get_config()
-  config.model.name = "resnet50"
-  return config
