@@ -7,12 +7,14 @@ records the version of the jaxlib whose FFI headers it is compiled against;
 `cifar_jax.cpu_conv` loads it only under that same jaxlib (pyproject.toml
 pins build and runtime to one range).
 """
+
 import importlib.metadata
 import os
 import platform
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension
+from setuptools import setup
 
 
 def _dist_file(distribution: str, suffix: str) -> str:
@@ -29,23 +31,28 @@ def extensions():
     return []
   try:
     import jaxlib
+
     header = _dist_file("onednn-devel-cpu-gomp", "/include/oneapi/dnnl/dnnl.hpp")
     library = _dist_file("onednn-cpu-gomp", "/libdnnl.so")
   except (ImportError, importlib.metadata.PackageNotFoundError, FileNotFoundError) as e:
     print(f"cifar_jax: not building the oneDNN convolutions ({e})")
     return []
-  return [Extension(
+  return [
+    Extension(
       "cifar_jax._onednn_conv",
       sources=["cifar_jax/csrc/onednn_conv.cc"],
-      include_dirs=[os.path.join(os.path.dirname(jaxlib.__file__), "include"),
-                    os.path.dirname(os.path.dirname(os.path.dirname(header)))],
+      include_dirs=[
+        os.path.join(os.path.dirname(jaxlib.__file__), "include"),
+        os.path.dirname(os.path.dirname(os.path.dirname(header))),
+      ],
       library_dirs=[os.path.dirname(library)],
       libraries=["dnnl"],
       define_macros=[("CIFAR_JAX_JAXLIB_VERSION", f'"{jaxlib.__version__}"')],
       extra_compile_args=["-std=c++17", "-O2", "-Wno-attributes", "-Wno-return-type"],
       language="c++",
       optional=True,
-  )]
+    )
+  ]
 
 
 setup(ext_modules=extensions())

@@ -63,16 +63,19 @@ rotate/shear/translate) share one bilinear sampler: each builds per-example
 displacement field), and ``warp``/``sample_bilinear`` does the rest, filling
 outside the input with ``fill``.
 """
+
 from __future__ import annotations
 
 import ast
 import inspect
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Augment = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 _OPS: dict[str, Callable[..., Augment]] = {}
@@ -86,23 +89,28 @@ def op(name: str, nested: Sequence[str] = ()):
 
   ``nested`` names the keyword arguments that hold nested spec strings.
   """
+
   def deco(factory):
     _OPS[name] = factory
     _NESTED[name] = tuple(nested)
     return factory
+
   return deco
 
 
 def image_op(fn):
   """Lifts ``fn(rng, images) -> images`` to the (images, targets) interface."""
+
   def augment(rng, images, targets):
     return fn(rng, images), targets
+
   return augment
 
 
 # ---------------------------------------------------------------------------
 # Helpers: per-example parameters, sharding, colour.
 # ---------------------------------------------------------------------------
+
 
 def _batch_spec(x):
   """The mesh axis the leading (batch) axis of ``x`` is explicitly sharded on."""
@@ -169,8 +177,7 @@ def _grayscale(images):
   """ITU-R 601-2 luma, (B, H, W, 1), as torchvision/PIL."""
   # Explicit channel slices: a reduction over the size-3 minor axis fuses
   # badly on XLA:CPU (~20x slower).
-  return (0.299 * images[..., 0:1] + 0.587 * images[..., 1:2] +
-          0.114 * images[..., 2:3])
+  return 0.299 * images[..., 0:1] + 0.587 * images[..., 1:2] + 0.114 * images[..., 2:3]
 
 
 def _blend(a, b, factor):
@@ -198,8 +205,7 @@ def _rgb_to_hsv(images):
   s = chroma / jnp.where(gray, 1.0, maxc)
   safe = jnp.where(gray, 1.0, chroma)
   rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-  h = jnp.where(maxc == r, bc - gc,
-                jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+  h = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
   h = jnp.where(gray, 0.0, jnp.mod(h / 6.0, 1.0))
   return h, s, maxc
 
@@ -215,8 +221,10 @@ def _hsv_to_rgb(h, s, v):
 
   def pick(*values):
     return jnp.select([sector == i for i in range(5)], values[:5], values[5])
-  return jnp.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p),
-                    pick(p, p, t, v, v, q)], axis=-1)
+
+  return jnp.stack(
+    [pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)], axis=-1
+  )
 
 
 def _materialize(rng, images):
@@ -244,6 +252,7 @@ def _to_uint8(images):
 # Geometry: one bilinear sampler for every warp.
 # ---------------------------------------------------------------------------
 
+
 def sample_bilinear(images, x, y, fill: float = 0.0):
   """Samples ``images`` (B, H, W, C) at pixel coordinates ``x``, ``y`` (B, h, w).
 
@@ -263,8 +272,12 @@ def sample_bilinear(images, x, y, fill: float = 0.0):
   outside = jnp.zeros_like(x)
   # One gather per neighbour: stacking the four into one gather and reducing
   # over them is ~40x slower on XLA:CPU.
-  for dx, dy, weight in ((0, 0, (1 - wx) * (1 - wy)), (1, 0, wx * (1 - wy)),
-                         (0, 1, (1 - wx) * wy), (1, 1, wx * wy)):
+  for dx, dy, weight in (
+    (0, 0, (1 - wx) * (1 - wy)),
+    (1, 0, wx * (1 - wy)),
+    (0, 1, (1 - wx) * wy),
+    (1, 1, wx * wy),
+  ):
     xi, yi = x0 + dx, y0 + dy
     inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
     index = jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1)
@@ -278,8 +291,9 @@ def sample_bilinear(images, x, y, fill: float = 0.0):
 
 
 def _pixel_grid(height: int, width: int):
-  ys, xs = np.meshgrid(np.arange(height, dtype=np.float32),
-                       np.arange(width, dtype=np.float32), indexing="ij")
+  ys, xs = np.meshgrid(
+    np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij"
+  )
   return jnp.asarray(xs), jnp.asarray(ys)
 
 
@@ -292,7 +306,7 @@ def warp(images, matrices, fill: float = 0.0):
   _, height, width, _ = images.shape
   xs, ys = _pixel_grid(height, width)
   m = _like_batch(matrices, images)
-  m = m[:, :, None, None, :]                                   # (B, 3, 1, 1, 3)
+  m = m[:, :, None, None, :]  # (B, 3, 1, 1, 3)
   u = m[:, :, ..., 0] * xs + m[:, :, ..., 1] * ys + m[:, :, ..., 2]
   denom = u[:, 2]
   denom = jnp.where(jnp.abs(denom) < 1e-8, 1e-8, denom)
@@ -324,19 +338,30 @@ def _inverse_affine(angle, scale, shear_x, shear_y, tx, ty):
   det = a00 * a11 - a01 * a10
   i00, i01, i10, i11 = a11 / det, -a01 / det, -a10 / det, a00 / det
   zero, one = jnp.zeros_like(angle), jnp.ones_like(angle)
-  return jnp.stack([
+  return jnp.stack(
+    [
       jnp.stack([i00, i01, -(i00 * tx + i01 * ty)], -1),
       jnp.stack([i10, i11, -(i10 * tx + i11 * ty)], -1),
-      jnp.stack([zero, zero, one], -1)], -2)
+      jnp.stack([zero, zero, one], -1),
+    ],
+    -2,
+  )
 
 
-def _affine_warp(images, angle=None, scale=None, shear_x=None, shear_y=None,
-                 tx=None, ty=None, fill=0.0):
+def _affine_warp(
+  images, angle=None, scale=None, shear_x=None, shear_y=None, tx=None, ty=None, fill=0.0
+):
   b, height, width, _ = images.shape
   zeros = jnp.zeros((b,), jnp.float32)
   pick = lambda v, default: zeros + default if v is None else v
-  m = _inverse_affine(pick(angle, 0.0), pick(scale, 1.0), pick(shear_x, 0.0),
-                      pick(shear_y, 0.0), pick(tx, 0.0), pick(ty, 0.0))
+  m = _inverse_affine(
+    pick(angle, 0.0),
+    pick(scale, 1.0),
+    pick(shear_x, 0.0),
+    pick(shear_y, 0.0),
+    pick(tx, 0.0),
+    pick(ty, 0.0),
+  )
   return warp(images, _about_center(m, height, width), fill)
 
 
@@ -352,9 +377,14 @@ def _square_to_quad(quad):
   g = (dx3 * dy2 - dx2 * dy3) / den
   h = (dx1 * dy3 - dx3 * dy1) / den
   one = jnp.ones_like(g)
-  return jnp.stack([jnp.stack([x1 - x0 + g * x1, x3 - x0 + h * x3, x0], -1),
-                    jnp.stack([y1 - y0 + g * y1, y3 - y0 + h * y3, y0], -1),
-                    jnp.stack([g, h, one], -1)], -2)
+  return jnp.stack(
+    [
+      jnp.stack([x1 - x0 + g * x1, x3 - x0 + h * x3, x0], -1),
+      jnp.stack([y1 - y0 + g * y1, y3 - y0 + h * y3, y0], -1),
+      jnp.stack([g, h, one], -1),
+    ],
+    -2,
+  )
 
 
 def _adjugate(m):
@@ -362,10 +392,14 @@ def _adjugate(m):
   a homography needs."""
   c = lambda i, j: m[:, i, j]
   cof = lambda r0, r1, c0, c1: c(r0, c0) * c(r1, c1) - c(r0, c1) * c(r1, c0)
-  return jnp.stack([
+  return jnp.stack(
+    [
       jnp.stack([cof(1, 2, 1, 2), -cof(0, 2, 1, 2), cof(0, 1, 1, 2)], -1),
       jnp.stack([-cof(1, 2, 0, 2), cof(0, 2, 0, 2), -cof(0, 1, 0, 2)], -1),
-      jnp.stack([cof(1, 2, 0, 1), -cof(0, 2, 0, 1), cof(0, 1, 0, 1)], -1)], -2)
+      jnp.stack([cof(1, 2, 0, 1), -cof(0, 2, 0, 1), cof(0, 1, 0, 1)], -1),
+    ],
+    -2,
+  )
 
 
 def _reflect_index(i: np.ndarray, n: int) -> np.ndarray:
@@ -395,6 +429,7 @@ def _blur_matrix(n: int, sigma: float) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Simple pixel ops (also used by RandAugment).
 # ---------------------------------------------------------------------------
+
 
 def _solarize(images, threshold):
   """Inverts pixels >= ``threshold`` (in [0, 1]; scalar or (B,))."""
@@ -430,13 +465,13 @@ def _equalize(images):
   """
   b, height, width, c = images.shape
   n = height * width
-  levels = _to_uint8(images).reshape(b, n, c).transpose(0, 2, 1)    # (B, C, N)
+  levels = _to_uint8(images).reshape(b, n, c).transpose(0, 2, 1)  # (B, C, N)
   hist = jax.vmap(jax.vmap(lambda v: jnp.bincount(v, length=256)))(levels)
   top = jnp.max(levels, axis=-1, keepdims=True)
   step = (n - jnp.sum(levels == top, axis=-1, dtype=jnp.int32)) // 255  # (B, C)
   safe = jnp.maximum(step, 1)[..., None]
-  before = jnp.cumsum(hist, axis=-1) - hist                     # exclusive cumsum
-  lut = jnp.clip((before + safe // 2) // safe, 0, 255)          # (B, C, 256)
+  before = jnp.cumsum(hist, axis=-1) - hist  # exclusive cumsum
+  lut = jnp.clip((before + safe // 2) // safe, 0, 255)  # (B, C, 256)
   lut = jnp.where((step == 0)[..., None], jnp.arange(256), lut)
   out = jnp.take_along_axis(lut, levels, axis=-1)
   return out.transpose(0, 2, 1).reshape(b, height, width, c).astype(jnp.float32) / 255.0
@@ -450,8 +485,7 @@ def _sharpness(images, factor):
   """
   _, height, width, _ = images.shape
   padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  total = sum(padded[:, dy:dy + height, dx:dx + width]
-              for dy in range(3) for dx in range(3))
+  total = sum(padded[:, dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3))
   smooth = (total + 4.0 * images) / 13.0
   rows = jnp.arange(height)[:, None, None]
   cols = jnp.arange(width)[None, :, None]
@@ -480,12 +514,13 @@ def _shift(images, dy: int, dx: int):
   pad = ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0))
   padded = jnp.pad(images, pad)
   y0, x0 = max(-dy, 0), max(-dx, 0)
-  return padded[:, y0:y0 + height, x0:x0 + width]
+  return padded[:, y0 : y0 + height, x0 : x0 + width]
 
 
 # ---------------------------------------------------------------------------
 # Ops.
 # ---------------------------------------------------------------------------
+
 
 @op("crop")
 def random_crop(pad: int = 4, mode: str = "zero") -> Augment:
@@ -503,8 +538,10 @@ def random_crop(pad: int = 4, mode: str = "zero") -> Augment:
     b, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=modes[mode])
     offsets = _like_batch(jax.random.randint(rng, (b, 2), 0, 2 * pad + 1), images)
-    return jax.vmap(lambda im, o: jax.lax.dynamic_slice(
-        im, (o[0], o[1], 0), (h, w, c)))(padded, offsets)
+    return jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+      padded, offsets
+    )
+
   return image_op(crop)
 
 
@@ -512,9 +549,11 @@ def random_crop(pad: int = 4, mode: str = "zero") -> Augment:
 def random_flip(p: float = 0.5) -> Augment:
   """Mirrors each image left-right with probability ``p``."""
   _check_p(p, "flip")
+
   def flip(rng, images):
     do = jax.random.bernoulli(rng, p, (images.shape[0], 1, 1, 1))
     return jnp.where(do, images[:, :, ::-1, :], images)
+
   return image_op(flip)
 
 
@@ -543,9 +582,14 @@ def cutout(size: int = 8, fill: float = 0.0, inside: bool = False) -> Augment:
       left = jax.random.randint(kx, (b,), 0, width) - size // 2
     rows = jnp.arange(height)[None, :, None]
     cols = jnp.arange(width)[None, None, :]
-    mask = ((rows >= top[:, None, None]) & (rows < (top + size)[:, None, None]) &
-            (cols >= left[:, None, None]) & (cols < (left + size)[:, None, None]))
+    mask = (
+      (rows >= top[:, None, None])
+      & (rows < (top + size)[:, None, None])
+      & (cols >= left[:, None, None])
+      & (cols < (left + size)[:, None, None])
+    )
     return jnp.where(mask[..., None], jnp.asarray(fill, images.dtype), images)
+
   return image_op(cut)
 
 
@@ -567,6 +611,7 @@ def mixup(alpha: float = 1.0) -> Augment:
   """Mixes each example with a random partner of the batch (a permutation):
   ``lam * x + (1 - lam) * x_partner``, the same for targets, with
   ``lam ~ Beta(alpha, alpha)`` per example. ``alpha <= 0`` is a no-op."""
+
   def augment(rng, images, targets):
     if alpha <= 0:
       return images, targets
@@ -576,6 +621,7 @@ def mixup(alpha: float = 1.0) -> Augment:
     images = jnp.clip(other_images + lam[:, None, None, None] * (images - other_images), 0, 1)
     targets = other_targets + lam[:, None] * (targets - other_targets)
     return images, targets
+
   return augment
 
 
@@ -585,6 +631,7 @@ def cutmix(alpha: float = 1.0) -> Augment:
   ``(1 - lam) H W`` with ``lam ~ Beta(alpha, alpha)`` per example and a
   uniform centre, clipped at the border; targets mix by the pasted fraction
   actually used. ``alpha <= 0`` is a no-op."""
+
   def augment(rng, images, targets):
     if alpha <= 0:
       return images, targets
@@ -601,12 +648,17 @@ def cutmix(alpha: float = 1.0) -> Augment:
     x1, x2 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
     rows = jnp.arange(height)[None, :, None]
     cols = jnp.arange(width)[None, None, :]
-    mask = ((rows >= y1[:, None, None]) & (rows < y2[:, None, None]) &
-            (cols >= x1[:, None, None]) & (cols < x2[:, None, None]))
+    mask = (
+      (rows >= y1[:, None, None])
+      & (rows < y2[:, None, None])
+      & (cols >= x1[:, None, None])
+      & (cols < x2[:, None, None])
+    )
     pasted = ((y2 - y1) * (x2 - x1)).astype(jnp.float32) / (height * width)
     images = jnp.where(mask[..., None], other_images, images)
     targets = targets + pasted[:, None] * (other_targets - targets)
     return images, targets
+
   return augment
 
 
@@ -620,13 +672,20 @@ def color_jitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1) -> Augme
   torchvision the order is fixed (brightness, contrast, saturation, hue)
   rather than random, which keeps the op one vectorised pass.
   """
+
   def factor_range(value, name):
     if not isinstance(value, (tuple, list)) and value == 0:
       return None
     return _range(value, name, center=1.0, lower=0.0)
 
-  ranges = {name: factor_range(value, name) for name, value in
-            (("brightness", brightness), ("contrast", contrast), ("saturation", saturation))}
+  ranges = {
+    name: factor_range(value, name)
+    for name, value in (
+      ("brightness", brightness),
+      ("contrast", contrast),
+      ("saturation", saturation),
+    )
+  }
   hue_range = None
   if isinstance(hue, (tuple, list)) or hue != 0:
     hue_range = _range(hue, "hue")
@@ -645,6 +704,7 @@ def color_jitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1) -> Augme
       h, s, v = _rgb_to_hsv(images)
       images = jnp.clip(_hsv_to_rgb(h + shift, s, v), 0.0, 1.0)
     return images
+
   return image_op(fn)
 
 
@@ -657,12 +717,14 @@ def random_rotation(degrees=30.0, fill: float = 0.0) -> Augment:
   def fn(rng, images):
     angle = jnp.deg2rad(_uniform(rng, images.shape[0], bounds))
     return _affine_warp(images, angle=angle, fill=fill)
+
   return image_op(fn)
 
 
 @op("affine")
-def random_affine(degrees=0.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.0,
-                  fill: float = 0.0) -> Augment:
+def random_affine(
+  degrees=0.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.0, fill: float = 0.0
+) -> Augment:
   """torchvision RandomAffine with per-example parameters, bilinear.
 
   ``degrees``: rotation ~ U(-d, d) or U(lo, hi). ``translate=(a, b)``: maximum
@@ -682,19 +744,20 @@ def random_affine(degrees=0.0, translate=(0.1, 0.1), scale=(0.9, 1.1), shear=0.0
     k_rot, k_scale, k_shear, k_tx, k_ty = jax.random.split(rng, 5)
     max_dx, max_dy = translate[0] * width, translate[1] * height
     return _affine_warp(
-        images,
-        angle=jnp.deg2rad(_uniform(k_rot, b, rot)),
-        scale=_uniform(k_scale, b, (float(scale[0]), float(scale[1]))),
-        shear_x=jnp.tan(jnp.deg2rad(_uniform(k_shear, b, shear_range))),
-        tx=jnp.round(_uniform(k_tx, b, (-max_dx, max_dx))),
-        ty=jnp.round(_uniform(k_ty, b, (-max_dy, max_dy))),
-        fill=fill)
+      images,
+      angle=jnp.deg2rad(_uniform(k_rot, b, rot)),
+      scale=_uniform(k_scale, b, (float(scale[0]), float(scale[1]))),
+      shear_x=jnp.tan(jnp.deg2rad(_uniform(k_shear, b, shear_range))),
+      tx=jnp.round(_uniform(k_tx, b, (-max_dx, max_dx))),
+      ty=jnp.round(_uniform(k_ty, b, (-max_dy, max_dy))),
+      fill=fill,
+    )
+
   return image_op(fn)
 
 
 @op("perspective")
-def random_perspective(distortion_scale: float = 0.5, p: float = 0.5,
-                       fill: float = 0.0) -> Augment:
+def random_perspective(distortion_scale: float = 0.5, p: float = 0.5, fill: float = 0.0) -> Augment:
   """torchvision RandomPerspective: with probability ``p`` per example, each
   corner moves inwards by up to ``distortion_scale`` times half the width and
   height (continuous offsets); the image is warped by the homography taking
@@ -706,8 +769,9 @@ def random_perspective(distortion_scale: float = 0.5, p: float = 0.5,
   def fn(rng, images):
     b, height, width, _ = images.shape
     k_apply, k_offsets = jax.random.split(rng)
-    corners = jnp.asarray([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]],
-                          jnp.float32)
+    corners = jnp.asarray(
+      [[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], jnp.float32
+    )
     inward = jnp.asarray([[1, 1], [-1, 1], [-1, -1], [1, -1]], jnp.float32)
     reach = distortion_scale * jnp.asarray([width / 2, height / 2], jnp.float32)
     offsets = jax.random.uniform(k_offsets, (b, 4, 2)) * reach
@@ -718,6 +782,7 @@ def random_perspective(distortion_scale: float = 0.5, p: float = 0.5,
     to_image = jnp.asarray([[width - 1, 0, 0], [0, height - 1, 0], [0, 0, 1]], jnp.float32)
     matrices = to_image @ _adjugate(_square_to_quad(moved))
     return warp(images, matrices, fill)
+
   return image_op(fn)
 
 
@@ -740,8 +805,10 @@ def elastic(alpha: float = 50.0, sigma: float = 5.0, fill: float = 0.0) -> Augme
       blur_w = jnp.asarray(_blur_matrix(width, sigma))
       noise = jnp.einsum("ij,bdjk,lk->bdil", blur_h, noise, blur_w)
     xs, ys = _pixel_grid(height, width)
-    return sample_bilinear(images, xs + noise[:, 0] * (alpha / 2),
-                           ys + noise[:, 1] * (alpha / 2), fill)
+    return sample_bilinear(
+      images, xs + noise[:, 0] * (alpha / 2), ys + noise[:, 1] * (alpha / 2), fill
+    )
+
   return image_op(fn)
 
 
@@ -749,9 +816,11 @@ def elastic(alpha: float = 50.0, sigma: float = 5.0, fill: float = 0.0) -> Augme
 def solarize(threshold: float = 128.0) -> Augment:
   """Inverts pixels >= ``threshold`` given on the 0..255 scale (192 means
   192/255); 0 inverts everything, anything above 255 is the identity."""
+
   def fn(rng, images):
     del rng
     return _solarize(images, threshold / 255.0)
+
   return image_op(fn)
 
 
@@ -784,9 +853,22 @@ def posterize(bits: int = 4) -> Augment:
 
 # RandAugment's op list (torchvision order). The geometric ones are applied by
 # one shared warp; the others are pixel ops on the whole batch.
-RANDAUGMENT_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y",
-                   "rotate", "brightness", "color", "contrast", "sharpness",
-                   "posterize", "solarize", "autocontrast", "equalize")
+RANDAUGMENT_OPS = (
+  "identity",
+  "shear_x",
+  "shear_y",
+  "translate_x",
+  "translate_y",
+  "rotate",
+  "brightness",
+  "color",
+  "contrast",
+  "sharpness",
+  "posterize",
+  "solarize",
+  "autocontrast",
+  "equalize",
+)
 
 
 @op("randaugment")
@@ -821,23 +903,24 @@ def randaugment(n: int = 2, m: int = 9, num_bins: int = 31, fill: float = 0.0) -
     zero = jnp.zeros((b,), jnp.float32)
     # One warp for all geometric candidates; identity (exact) for the rest.
     warped = _affine_warp(
-        images,
-        angle=jnp.where(is_op("rotate"), jnp.deg2rad(30.0 * f) * sign, zero),
-        shear_x=jnp.where(is_op("shear_x"), 0.3 * f * sign, zero),
-        shear_y=jnp.where(is_op("shear_y"), 0.3 * f * sign, zero),
-        tx=jnp.where(is_op("translate_x"), round(150 / 331 * width * f) * sign, zero),
-        ty=jnp.where(is_op("translate_y"), round(150 / 331 * height * f) * sign, zero),
-        fill=fill)
+      images,
+      angle=jnp.where(is_op("rotate"), jnp.deg2rad(30.0 * f) * sign, zero),
+      shear_x=jnp.where(is_op("shear_x"), 0.3 * f * sign, zero),
+      shear_y=jnp.where(is_op("shear_y"), 0.3 * f * sign, zero),
+      tx=jnp.where(is_op("translate_x"), round(150 / 331 * width * f) * sign, zero),
+      ty=jnp.where(is_op("translate_y"), round(150 / 331 * height * f) * sign, zero),
+      fill=fill,
+    )
     factor = 1.0 + 0.9 * f * sign
     candidates = {
-        "brightness": lambda: _brightness(images, factor),
-        "color": lambda: _saturation(images, factor),
-        "contrast": lambda: _contrast(images, factor),
-        "sharpness": lambda: _sharpness(images, factor),
-        "posterize": lambda: _posterize(images, bits),
-        "solarize": lambda: _solarize(images, 1.0 - f),
-        "autocontrast": lambda: _autocontrast(images),
-        "equalize": lambda: _equalize(images),
+      "brightness": lambda: _brightness(images, factor),
+      "color": lambda: _saturation(images, factor),
+      "contrast": lambda: _contrast(images, factor),
+      "sharpness": lambda: _sharpness(images, factor),
+      "posterize": lambda: _posterize(images, bits),
+      "solarize": lambda: _solarize(images, 1.0 - f),
+      "autocontrast": lambda: _autocontrast(images),
+      "equalize": lambda: _equalize(images),
     }
     out = warped
     for name, compute in candidates.items():
@@ -848,6 +931,7 @@ def randaugment(n: int = 2, m: int = 9, num_bins: int = 31, fill: float = 0.0) -
     for i in range(n):
       images = layer(jax.random.fold_in(rng, i), images)
     return images
+
   return image_op(fn)
 
 
@@ -864,8 +948,11 @@ def random_apply(p: float = 0.5, op: str = "identity") -> Augment:  # pylint: di
     new_images, new_targets = inner(k_op, images, targets)
     new_images = _materialize(k_op, new_images)
     do = jax.random.bernoulli(k_apply, p, (images.shape[0],))
-    return (jnp.where(do[:, None, None, None], new_images, images),
-            jnp.where(do[:, None], new_targets, targets))
+    return (
+      jnp.where(do[:, None, None, None], new_images, images),
+      jnp.where(do[:, None], new_targets, targets),
+    )
+
   return augment
 
 
@@ -900,6 +987,7 @@ def random_choice(p: float = 1.0, ops: Sequence[str] = (), weights=None) -> Augm
       out_images = jnp.where(pick[:, None, None, None], new_images, out_images)
       out_targets = jnp.where(pick[:, None], new_targets, out_targets)
     return out_images, out_targets
+
   return augment
 
 
@@ -912,6 +1000,7 @@ def identity() -> Augment:
 # ---------------------------------------------------------------------------
 # Spec strings.
 # ---------------------------------------------------------------------------
+
 
 def _split_top_level(spec: str) -> list[str]:
   """Splits on ``|`` outside brackets and string literals."""
@@ -964,26 +1053,24 @@ def parse(spec: str) -> list[tuple[str, dict]]:
     except (SyntaxError, ValueError) as e:
       raise ValueError(f"Bad augmentation op {part!r} in {spec!r}: {e}") from None
     if name not in _OPS:
-      raise ValueError(f"Unknown augmentation {name!r} in {spec!r}; "
-                       f"available: {sorted(_OPS)}")
+      raise ValueError(f"Unknown augmentation {name!r} in {spec!r}; available: {sorted(_OPS)}")
     try:
       inspect.signature(_OPS[name]).bind(**kwargs)
     except TypeError as e:
       params = list(inspect.signature(_OPS[name]).parameters)
-      raise ValueError(f"Bad arguments for augmentation {name!r} in {spec!r}: {e}; "
-                       f"it takes {params}") from None
+      raise ValueError(
+        f"Bad arguments for augmentation {name!r} in {spec!r}: {e}; it takes {params}"
+      ) from None
     for key in _NESTED[name]:
       if key in kwargs:
         nested = kwargs[key]
         if isinstance(nested, str):
           nested = [nested]
         elif not isinstance(nested, (list, tuple)):
-          raise ValueError(f"{name}({key}=...) in {spec!r} must hold spec strings, "
-                           f"not {nested!r}")
+          raise ValueError(f"{name}({key}=...) in {spec!r} must hold spec strings, not {nested!r}")
         for sub in nested:
           if not isinstance(sub, str):
-            raise ValueError(f"{name}({key}=...) in {spec!r} must hold spec strings, "
-                             f"not {sub!r}")
+            raise ValueError(f"{name}({key}=...) in {spec!r} must hold spec strings, not {sub!r}")
           parse(sub)
     ops.append((name, kwargs))
   return ops
@@ -1000,6 +1087,7 @@ def build(spec: str) -> Augment:
       if i + 1 < len(fns):
         images = _materialize(key, images)
     return images, targets
+
   return augment
 
 
@@ -1035,11 +1123,12 @@ def tta_views(images, mode: str = "flip", shift: int = 2) -> list[jax.Array]:
 OP_NAMES: tuple[str, ...] = tuple(sorted(_OPS))
 
 HEAVY_SPEC = (
-    "crop(pad=5)|random_choice(p=0.5, ops=["
-    "'jitter(brightness=0.5, contrast=0.0, saturation=0.0, hue=0.3)', "
-    "'rotate(degrees=(0, 180))', "
-    "'affine(translate=(0.1, 0.3), scale=(0.5, 0.75))', "
-    "'perspective(distortion_scale=0.6, p=1.0)', "
-    "'elastic(alpha=250.0)', "
-    "'solarize(threshold=192)', "
-    "'invert'])")
+  "crop(pad=5)|random_choice(p=0.5, ops=["
+  "'jitter(brightness=0.5, contrast=0.0, saturation=0.0, hue=0.3)', "
+  "'rotate(degrees=(0, 180))', "
+  "'affine(translate=(0.1, 0.3), scale=(0.5, 0.75))', "
+  "'perspective(distortion_scale=0.6, p=1.0)', "
+  "'elastic(alpha=250.0)', "
+  "'solarize(threshold=192)', "
+  "'invert'])"
+)

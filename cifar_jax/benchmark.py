@@ -9,11 +9,13 @@ normalisation (an upper bound the step cannot exceed because of input).
 The command line is scripts/benchmark.py; compare against PyTorch only
 within one run on one machine (scripts/compare_torch.py).
 """
+
 from __future__ import annotations
 
 import importlib
 import time
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import ml_collections
@@ -23,8 +25,18 @@ from cifar_jax import input_pipeline
 from cifar_jax import run as run_lib
 
 # The columns of a result row, in table order.
-COLUMNS = ("model", "batch", "img_per_s", "eval_img_per_s", "input_img_per_s", "compile_s",
-           "devices", "dtype", "conv", "params")
+COLUMNS = (
+  "model",
+  "batch",
+  "img_per_s",
+  "eval_img_per_s",
+  "input_img_per_s",
+  "compile_s",
+  "devices",
+  "dtype",
+  "conv",
+  "params",
+)
 # Batches of random data the timed steps cycle through.
 BATCHES_OF_DATA = 8
 
@@ -48,14 +60,14 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
   return (time.perf_counter() - start) / repeats
 
 
-def random_split(num_examples: int, num_classes: int, seed: int = 0
-                 ) -> input_pipeline.ArraySplit:
+def random_split(num_examples: int, num_classes: int, seed: int = 0) -> input_pipeline.ArraySplit:
   rng = np.random.default_rng(seed)
   return input_pipeline.ArraySplit(
-      "random", rng.integers(0, 256, (num_examples,) + input_pipeline.IMAGE_SHAPE,
-                             dtype=np.uint8),
-      rng.integers(0, num_classes, num_examples).astype(np.int32),
-      tuple(f"class_{i}" for i in range(num_classes)))
+    "random",
+    rng.integers(0, 256, (num_examples,) + input_pipeline.IMAGE_SHAPE, dtype=np.uint8),
+    rng.integers(0, num_classes, num_examples).astype(np.int32),
+    tuple(f"class_{i}" for i in range(num_classes)),
+  )
 
 
 def benchmark(config: ml_collections.ConfigDict, steps: int = 10) -> dict[str, Any]:
@@ -78,6 +90,7 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 10) -> dict[str, A
     for indices in plan:
       out = prepare(run.gather(data, indices), key)
     out.block_until_ready()
+
   input_s = _timed(feed, max(steps // BATCHES_OF_DATA, 2)) / BATCHES_OF_DATA
 
   batches = [run.gather(data, i) for i in input_pipeline.train_index_plan(len(split), batch, 0, 0)]
@@ -89,15 +102,23 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 10) -> dict[str, A
       s, m = train_step(s, batches[i % len(batches)], key)
     jax.block_until_ready(m)
     holder["state"] = s
+
   train_s = _timed(run_steps, 1) / steps
 
   evaluator = run.evaluator(split, holder["state"], data=data)
   eval_s = _timed(lambda: evaluator.run(holder["state"]), 1)
-  return {"model": config.model.name, "batch": batch, "img_per_s": round(batch / train_s, 1),
-          "eval_img_per_s": round(len(split) / eval_s, 1), "compile_s": round(compile_s, 2),
-          "input_img_per_s": round(batch / input_s, 1), "devices": run.par.num_devices,
-          "dtype": run.compute.dtype_name, "conv": run.compute.conv,
-          "params": run.meta["param_count"]}
+  return {
+    "model": config.model.name,
+    "batch": batch,
+    "img_per_s": round(batch / train_s, 1),
+    "eval_img_per_s": round(len(split) / eval_s, 1),
+    "compile_s": round(compile_s, 2),
+    "input_img_per_s": round(batch / input_s, 1),
+    "devices": run.par.num_devices,
+    "dtype": run.compute.dtype_name,
+    "conv": run.compute.conv,
+    "params": run.meta["param_count"],
+  }
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -20,6 +20,7 @@ What survives what:
 - orbax's temporary directories of an interrupted save are removed when a
   training run starts (`cleanup_tmp_directories`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from typing import Iterator
 
 import jax
 import numpy as np
@@ -69,9 +71,15 @@ def _warn(message: str) -> None:
 class Checkpointer:
   """Saves and restores one run's train state under `workdir`."""
 
-  def __init__(self, workdir: str | Path, *, max_to_keep: int = 2,
-               keep_best: bool = True, meta: dict[str, Any] | None = None,
-               read_only: bool = False):
+  def __init__(
+    self,
+    workdir: str | Path,
+    *,
+    max_to_keep: int = 2,
+    keep_best: bool = True,
+    meta: dict[str, Any] | None = None,
+    read_only: bool = False,
+  ):
     self.workdir = Path(workdir).absolute()
     self.meta = dict(meta or {})
     self.read_only = read_only
@@ -79,16 +87,19 @@ class Checkpointer:
 
     def manager(sub: str, keep: int) -> ocp.CheckpointManager:
       if read_only:
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                               save_interval_steps=0,
-                                               enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(
+          read_only=True, create=False, save_interval_steps=0, enable_async_checkpointing=False
+        )
         with _orbax_quiet():  # it warns that a read-only directory is read-only
           return ocp.CheckpointManager(self.workdir / sub, options=options)
       else:
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, create=True,
-            cleanup_tmp_directories=True,  # left by a save that was killed
-            enable_async_checkpointing=False)  # steps donate the state's buffers
+          max_to_keep=keep,
+          save_interval_steps=1,
+          create=True,
+          cleanup_tmp_directories=True,  # left by a save that was killed
+          enable_async_checkpointing=False,
+        )  # steps donate the state's buffers
       return ocp.CheckpointManager(self.workdir / sub, options=options)
 
     self._latest = manager("checkpoints", max(max_to_keep, 1))
@@ -121,17 +132,25 @@ class Checkpointer:
     managers = [self._latest] + ([self._best] if self._best is not None else [])
     return sorted({s for m in managers for s in m.all_steps()})
 
-  def save(self, step: int, state: Any, metrics: dict[str, Any] | None = None,
-           partial_epoch: dict[str, float] | None = None) -> None:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    metrics: dict[str, Any] | None = None,
+    partial_epoch: dict[str, float] | None = None,
+  ) -> None:
     """Saves `state` at `step` (once per step); also to best/ when
     `metrics['eval_accuracy']` beats every earlier save. `partial_epoch`
     holds the metric sums of an epoch stopped midway, for its resumption."""
-    meta = {**self.meta, "step": int(step), "metrics": metrics,
-            "state_signature": state_signature(state)}
+    meta = {
+      **self.meta,
+      "step": int(step),
+      "metrics": metrics,
+      "state_signature": state_signature(state),
+    }
     if partial_epoch is not None:
       meta["partial_epoch"] = partial_epoch
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if step not in self._latest.all_steps():
       self._latest.save(step, args=args)
     accuracy = (metrics or {}).get("eval_accuracy")
@@ -169,8 +188,11 @@ class Checkpointer:
   # ---- internals -------------------------------------------------------------
   def _candidates(self, which: str | int) -> list[tuple[ocp.CheckpointManager, int]]:
     def steps(manager):
-      return [(manager, s) for s in reversed(manager.all_steps())
-              if (str(manager.directory), s) not in self._skipped]
+      return [
+        (manager, s)
+        for s in reversed(manager.all_steps())
+        if (str(manager.directory), s) not in self._skipped
+      ]
 
     if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
       # The same save may sit in both folders; if one copy is unreadable the other serves.
@@ -186,8 +208,11 @@ class Checkpointer:
     if which == "best":
       return best
     # Highest eval accuracy first (best/ before an equal latest), then newer.
-    ranked = sorted(best + latest, key=lambda c: (
-        _accuracy(self._meta_if_readable(*c), -np.inf), c[0] is self._best, c[1]), reverse=True)
+    ranked = sorted(
+      best + latest,
+      key=lambda c: (_accuracy(self._meta_if_readable(*c), -np.inf), c[0] is self._best, c[1]),
+      reverse=True,
+    )
     return ranked
 
   def _meta_if_readable(self, manager, step) -> dict | None:
@@ -202,12 +227,14 @@ class Checkpointer:
     self._check_compatible(meta, where)
     signature = meta.get("state_signature")
     if signature is not None and signature != state_signature(template):
-      raise self._mismatch(where, "its parameters or optimizer state have other shapes "
-                           "or structure")
+      raise self._mismatch(
+        where, "its parameters or optimizer state have other shapes or structure"
+      )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     try:
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract)))
+      restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+      )
     except Exception as e:  # noqa: BLE001 - orbax/TensorStore raise many kinds
       reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}" if str(e) else type(e).__name__
       if signature is None:  # written before signatures: cannot tell corruption apart
@@ -218,10 +245,11 @@ class Checkpointer:
   @staticmethod
   def _mismatch(where: Path, reason: str) -> CheckpointMismatchError:
     return CheckpointMismatchError(
-        f"Checkpoint {where} does not match the train state this config builds "
-        f"({reason}). It was probably written with another model option or "
-        "optimizer: use the config it was trained with (saved in the workdir's "
-        "config.json) or a new --workdir.")
+      f"Checkpoint {where} does not match the train state this config builds "
+      f"({reason}). It was probably written with another model option or "
+      "optimizer: use the config it was trained with (saved in the workdir's "
+      "config.json) or a new --workdir."
+    )
 
   @staticmethod
   def _read_meta(manager, step) -> dict:
@@ -242,14 +270,18 @@ class Checkpointer:
       self._skipped.add((str(manager.directory), step))
       _warn(f"checkpoint {where} is unreadable ({error}); skipping it.")
       return
-    target = self.workdir / CORRUPT_DIR / f"{Path(manager.directory).name}-{step}-{int(time.time())}"
+    target = (
+      self.workdir / CORRUPT_DIR / f"{Path(manager.directory).name}-{step}-{int(time.time())}"
+    )
     if distributed.is_primary():  # every process finds it unreadable; one moves it
       target.parent.mkdir(exist_ok=True)
       where.rename(target)
     distributed.barrier(f"cifar_jax.checkpoint.set_aside.{step}")
     manager.reload()
-    _warn(f"checkpoint {where} is unreadable ({error}); moved it to {target} and "
-          "using the previous one.")
+    _warn(
+      f"checkpoint {where} is unreadable ({error}); moved it to {target} and "
+      "using the previous one."
+    )
 
   def _reconcile_best(self) -> None:
     """Copies into best/ a checkpoint of checkpoints/ whose eval accuracy beats
@@ -271,21 +303,25 @@ class Checkpointer:
       shutil.rmtree(best_dir / str(old))
     tmp.rename(best_dir / str(step))
     self._best.reload()
-    previous = (f"step {replaced[-1]} (eval_accuracy {self.best_accuracy:.4f})"
-                if replaced else "nothing")
-    _warn(f"best/ held {previous}, but checkpoints/{step} scored {accuracy:.4f} (a run "
-          "stopped between its two saves): copied it to best/.")
+    previous = (
+      f"step {replaced[-1]} (eval_accuracy {self.best_accuracy:.4f})" if replaced else "nothing"
+    )
+    _warn(
+      f"best/ held {previous}, but checkpoints/{step} scored {accuracy:.4f} (a run "
+      "stopped between its two saves): copied it to best/."
+    )
     self.best_accuracy = accuracy
 
   def _check_compatible(self, meta: dict, where: Path) -> None:
     for key in ("model", "param_count"):
       if key in meta and key in self.meta and meta[key] != self.meta[key]:
         raise CheckpointMismatchError(
-            f"Checkpoint {where} was written for model {meta.get('model')} with "
-            f"{meta.get('param_count')} parameters, but this config builds "
-            f"{self.meta.get('model')} with {self.meta.get('param_count')}. "
-            "Evaluate or resume it with the config it was trained with (the "
-            "workdir's config.json), or train into a new --workdir.")
+          f"Checkpoint {where} was written for model {meta.get('model')} with "
+          f"{meta.get('param_count')} parameters, but this config builds "
+          f"{self.meta.get('model')} with {self.meta.get('param_count')}. "
+          "Evaluate or resume it with the config it was trained with (the "
+          "workdir's config.json), or train into a new --workdir."
+        )
 
 
 def latest_step(workdir: str | Path) -> int | None:

@@ -11,11 +11,13 @@ bad flag is one line, not a traceback: config_flags raises
 AttributeError/KeyError/TypeError/ValueError for a bad
 `--config.<key>=<value>` override, and the message names it.
 """
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 from absl import flags
 
@@ -29,23 +31,28 @@ def start_program() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here.
 
 
-def parse_own_flags(flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str,
-                    description: str) -> list[str]:
+def parse_own_flags(
+  flag_values: flags.FlagValues, argv: Sequence[str] | None, prog: str, description: str
+) -> list[str]:
   """Parses `argv` (without the program name; None: sys.argv's) into
   `flag_values`; `--help` prints `description` and the flags and exits.
   Returns the arguments that are not flags."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if any(a in ("--help", "-h", "--helpfull") for a in argv):
-    print(f"usage: {prog} [flags]\n\n{description.strip()}\n\nflags:\n"
-          f"{flag_values.get_help(prefix='  ')}")
+    print(
+      f"usage: {prog} [flags]\n\n{description.strip()}\n\nflags:\n"
+      f"{flag_values.get_help(prefix='  ')}"
+    )
     sys.exit(0)
   flag_values.unparse_flags()  # a second call (tests) starts from the defaults
   return flags_parser(prog, flag_values)([prog, *argv])[1:]
 
 
-def flags_parser(prog: str, flag_values: flags.FlagValues = flags.FLAGS
-                 ) -> Callable[[list[str]], list[str]]:
+def flags_parser(
+  prog: str, flag_values: flags.FlagValues = flags.FLAGS
+) -> Callable[[list[str]], list[str]]:
   """An absl `flags_parser` for `app.run` that exits with `prog: error: ...`."""
+
   def parse(argv: list[str]) -> list[str]:
     try:
       return flag_values(argv)
@@ -53,8 +60,11 @@ def flags_parser(prog: str, flag_values: flags.FlagValues = flags.FLAGS
       sys.exit(f"{prog}: error: {e}\nPass --help for the flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       message = " ".join(str(e).replace("\\n", "\n").replace("\\'", "").replace("'", "").split())
-      sys.exit(f"{prog}: error: bad --config override: {message.rstrip('.')}. The keys "
-               "are those of configs/base.py plus the config file's.")
+      sys.exit(
+        f"{prog}: error: bad --config override: {message.rstrip('.')}. The keys "
+        "are those of configs/base.py plus the config file's."
+      )
+
   return parse
 
 
@@ -67,6 +77,8 @@ def config_or_exit(prog: str):
     config.keys()  # a file that failed to load is a stand-in that raises here
   except OSError as e:
     reason = str(e).strip().splitlines()[-1].strip()
-    sys.exit(f"{prog}: error: cannot load the --config file: {reason}. Pass a path such "
-             "as configs/resnet18.py.")
+    sys.exit(
+      f"{prog}: error: cannot load the --config file: {reason}. Pass a path such "
+      "as configs/resnet18.py."
+    )
   return config

@@ -4,6 +4,7 @@
 naming it and what it must be; `validate_config` raises them together, so a
 user fixes a command line once, not once per mistake.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,7 @@ from cifar_jax import parallel as parallel_lib
 from cifar_jax import precision
 
 
-def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = None
-                  ) -> list[str]:
+def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = None) -> list[str]:
   """Every value the loop cannot use, as one message each naming the key."""
   errors = []
 
@@ -37,10 +37,16 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
   check(config.parallel in ("jit", "pmap"), "parallel", "'jit' or 'pmap'")
-  check(isinstance(config.num_epochs, int) and config.num_epochs > 0, "num_epochs",
-        "a positive integer")
-  for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint.every_epochs",
-              "checkpoint.max_to_keep"):
+  check(
+    isinstance(config.num_epochs, int) and config.num_epochs > 0, "num_epochs", "a positive integer"
+  )
+  for key in (
+    "batch_size",
+    "eval_batch_size",
+    "log_every_steps",
+    "checkpoint.every_epochs",
+    "checkpoint.max_to_keep",
+  ):
     check(isinstance(number(key), int) and number(key) > 0, key, "a positive integer")
   if num_devices is not None:
     for key in ("batch_size", "eval_batch_size"):
@@ -49,17 +55,24 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
         error = parallel_lib.batch_size_error(value, num_devices, key)
         if error:
           errors.append(error)
-  check(isinstance(config.eval_every_epochs, int) and config.eval_every_epochs >= 0,
-        "eval_every_epochs", ">= 0 (0: only after the last epoch)")
+  check(
+    isinstance(config.eval_every_epochs, int) and config.eval_every_epochs >= 0,
+    "eval_every_epochs",
+    ">= 0 (0: only after the last epoch)",
+  )
   check(number("optimizer.learning_rate") > 0, "optimizer.learning_rate", "> 0")
   if config.optimizer.name == "muon":
     check(number("optimizer.muon_learning_rate") > 0, "optimizer.muon_learning_rate", "> 0")
     check(0 <= number("optimizer.muon_momentum") < 1, "optimizer.muon_momentum", "in [0, 1)")
-  for key in ("optimizer.momentum", "optimizer.b1", "optimizer.b2", "ema_decay",
-              "label_smoothing"):
+  for key in ("optimizer.momentum", "optimizer.b1", "optimizer.b2", "ema_decay", "label_smoothing"):
     check(0 <= number(key) < 1, key, "in [0, 1)")
-  for key in ("optimizer.weight_decay", "optimizer.grad_clip_norm", "schedule.warmup_epochs",
-              "optimizer.lr_base_batch_size", "schedule.end_lr_factor"):
+  for key in (
+    "optimizer.weight_decay",
+    "optimizer.grad_clip_norm",
+    "schedule.warmup_epochs",
+    "optimizer.lr_base_batch_size",
+    "schedule.end_lr_factor",
+  ):
     check(number(key) >= 0, key, ">= 0")
   check(number("optimizer.eps") > 0, "optimizer.eps", "> 0")
   check(number("optimizer.norm_lr_multiplier") >= 0, "optimizer.norm_lr_multiplier", ">= 0")
@@ -68,21 +81,30 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
   check(number("schedule.final_div_factor") > 0, "schedule.final_div_factor", "> 0")
   check(0 < number("schedule.decay_factor") <= 1, "schedule.decay_factor", "in (0, 1]")
   if config.hard_mining.enabled:
-    check(isinstance(number("hard_mining.start_epoch"), int) and
-          number("hard_mining.start_epoch") >= 0, "hard_mining.start_epoch", ">= 0")
+    check(
+      isinstance(number("hard_mining.start_epoch"), int) and number("hard_mining.start_epoch") >= 0,
+      "hard_mining.start_epoch",
+      ">= 0",
+    )
     check(number("hard_mining.power") >= 0, "hard_mining.power", ">= 0")
-    check(0 <= number("hard_mining.uniform_fraction") <= 1, "hard_mining.uniform_fraction",
-          "in [0, 1]")
-  check(isinstance(config.dataset.train_split, str) and config.dataset.train_split.strip(),
-        "dataset.train_split", "a tfds split such as 'train[:45000]'")
+    check(
+      0 <= number("hard_mining.uniform_fraction") <= 1, "hard_mining.uniform_fraction", "in [0, 1]"
+    )
+  check(
+    isinstance(config.dataset.train_split, str) and config.dataset.train_split.strip(),
+    "dataset.train_split",
+    "a tfds split such as 'train[:45000]'",
+  )
   try:
     ops = augment.parse(config.augment)
   except ValueError as e:
     errors.append(str(e))
   else:
     if config.alternating_flip and any(name == "flip" for name, _ in ops):
-      errors.append("config.alternating_flip replaces the random flip: remove 'flip' "
-                    f"from --config.augment ({config.augment!r}).")
+      errors.append(
+        "config.alternating_flip replaces the random flip: remove 'flip' "
+        f"from --config.augment ({config.augment!r})."
+      )
   if config.model.name not in models.model_names():
     try:
       models.get_model(config.model.name)

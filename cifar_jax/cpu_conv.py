@@ -31,12 +31,14 @@ Set the environment variable CIFAR_JAX_ONEDNN_VERBOSE=1 to print, for each
 new convolution geometry, the oneDNN kernel chosen for it (e.g.
 ``brgconv:avx512_core_bf16``).
 """
+
 from __future__ import annotations
 
 import ctypes
 import functools
 import importlib.metadata
-from typing import Callable, Sequence
+from typing import Callable
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +48,10 @@ from jax import lax
 
 _HANDLERS = ("OnednnConvForward", "OnednnConvBackwardData", "OnednnConvBackwardWeights")
 _NHWC = ("NHWC", "HWIO", "NHWC")
-REBUILD = ("pip install setuptools onednn-devel-cpu-gomp==2023.2.0 && "
-           "pip install --no-build-isolation --no-deps --force-reinstall -e .")
+REBUILD = (
+  "pip install setuptools onednn-devel-cpu-gomp==2023.2.0 && "
+  "pip install --no-build-isolation --no-deps --force-reinstall -e ."
+)
 
 _extension = None
 _load_error: str | None = None
@@ -66,6 +70,7 @@ def _preload_onednn() -> None:
 
 def _load():
   from cifar_jax import _onednn_conv  # pylint: disable=import-outside-toplevel
+
   return _onednn_conv
 
 
@@ -80,8 +85,9 @@ def available() -> bool:
     extension = _load()
     built_for = getattr(extension, "JAXLIB_VERSION", "an unknown version")
     if built_for != jaxlib.__version__:
-      raise ImportError(f"it was built against jaxlib {built_for}, but jaxlib "
-                        f"{jaxlib.__version__} is running")
+      raise ImportError(
+        f"it was built against jaxlib {built_for}, but jaxlib {jaxlib.__version__} is running"
+      )
     for name in _HANDLERS:
       jax.ffi.register_ffi_target(name, getattr(extension, name), platform="cpu")
     _extension = extension
@@ -111,30 +117,45 @@ def supports(dtype: str) -> bool:
 # ---- the differentiable oneDNN convolution -----------------------------------
 def _attributes(strides, padding) -> dict[str, np.int64]:
   (top, bottom), (left, right) = padding
-  return {"stride_h": np.int64(strides[0]), "stride_w": np.int64(strides[1]),
-          "pad_top": np.int64(top), "pad_left": np.int64(left),
-          "pad_bottom": np.int64(bottom), "pad_right": np.int64(right)}
+  return {
+    "stride_h": np.int64(strides[0]),
+    "stride_w": np.int64(strides[1]),
+    "pad_top": np.int64(top),
+    "pad_left": np.int64(left),
+    "pad_bottom": np.int64(bottom),
+    "pad_right": np.int64(right),
+  }
 
 
 def _call(name: str, shape, *operands, strides, padding):
   result = jax.ShapeDtypeStruct(shape, operands[0].dtype)
   return jax.ffi.ffi_call(name, result, vmap_method="sequential")(
-      *operands, **_attributes(strides, padding))
+    *operands, **_attributes(strides, padding)
+  )
 
 
 def _output_shape(x_shape, w_shape, strides, padding):
-  spatial = [(x_shape[1 + i] + sum(padding[i]) - w_shape[i]) // strides[i] + 1
-             for i in range(2)]
+  spatial = [(x_shape[1 + i] + sum(padding[i]) - w_shape[i]) // strides[i] + 1 for i in range(2)]
   return (x_shape[0], *spatial, w_shape[3])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_nhwc(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-              padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def conv_nhwc(
+  x: jax.Array,
+  w: jax.Array,
+  strides: tuple[int, int],
+  padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
   """NHWC x HWIO -> NHWC convolution by oneDNN with explicit padding; float32
   or bfloat16 (accumulated in float32) operands."""
-  return _call("OnednnConvForward", _output_shape(x.shape, w.shape, strides, padding),
-               x, w, strides=strides, padding=padding)
+  return _call(
+    "OnednnConvForward",
+    _output_shape(x.shape, w.shape, strides, padding),
+    x,
+    w,
+    strides=strides,
+    padding=padding,
+  )
 
 
 def _conv_forward(x, w, strides, padding):
@@ -151,8 +172,16 @@ def _conv_backward(strides, padding, residuals, dy):
 conv_nhwc.defvjp(_conv_forward, _conv_backward)
 
 
-def _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-             feature_group_count, batch_group_count, preferred_element_type) -> bool:
+def _covered(
+  lhs,
+  rhs,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  feature_group_count,
+  batch_group_count,
+  preferred_element_type,
+) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4:
     return False
   if lhs.dtype != rhs.dtype or lhs.dtype not in (jnp.float32, jnp.bfloat16):
@@ -168,13 +197,33 @@ def _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
   return given == wanted and 0 not in lhs.shape
 
 
-def _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-              dimension_numbers, feature_group_count, batch_group_count, precision,
-              preferred_element_type, *, bf16_in_fp32: bool):
+def _dispatch(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation,
+  rhs_dilation,
+  dimension_numbers,
+  feature_group_count,
+  batch_group_count,
+  precision,
+  preferred_element_type,
+  *,
+  bf16_in_fp32: bool,
+):
   if not available():  # registers the handlers, once
     raise RuntimeError(f"oneDNN convolutions are unavailable: {_load_error}")
-  if _covered(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-              feature_group_count, batch_group_count, preferred_element_type):
+  if _covered(
+    lhs,
+    rhs,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    preferred_element_type,
+  ):
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
@@ -186,45 +235,92 @@ def _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
         # oneDNN 3.2's backward-weights one (jit_1x1 with its strided-input
         # copy) returns wrong kernel gradients in about 1 call in 4 when it
         # runs on several threads (tests/cpu_conv_test.py has the geometry).
-        lhs, strides = lhs[:, ::strides[0], ::strides[1]], (1, 1)
+        lhs, strides = lhs[:, :: strides[0], :: strides[1]], (1, 1)
       if bf16_in_fp32 and lhs.dtype == jnp.bfloat16:
         y = conv_nhwc(lhs.astype(jnp.float32), rhs.astype(jnp.float32), strides, padding)
         return y.astype(jnp.bfloat16)
       return conv_nhwc(lhs, rhs, strides, padding)
   return lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-      feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-      precision=precision, preferred_element_type=preferred_element_type)
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=lhs_dilation,
+    rhs_dilation=rhs_dilation,
+    dimension_numbers=dimension_numbers,
+    feature_group_count=feature_group_count,
+    batch_group_count=batch_group_count,
+    precision=precision,
+    preferred_element_type=preferred_element_type,
+  )
 
 
-def onednn_conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                                lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-                                feature_group_count: int = 1, batch_group_count: int = 1,
-                                precision=None, preferred_element_type=None):
+def onednn_conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+):
   """`lax.conv_general_dilated`, run by oneDNN in the operands' dtype where covered."""
-  return _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                   dimension_numbers, feature_group_count, batch_group_count, precision,
-                   preferred_element_type, bf16_in_fp32=False)
+  return _dispatch(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    bf16_in_fp32=False,
+  )
 
 
-def onednn_fp32_conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
-                                     lhs_dilation=None, rhs_dilation=None,
-                                     dimension_numbers=None, feature_group_count: int = 1,
-                                     batch_group_count: int = 1, precision=None,
-                                     preferred_element_type=None):
+def onednn_fp32_conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides: Sequence[int],
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
+):
   """As `onednn_conv_general_dilated`, but bfloat16 convolutions are computed in
   float32 and rounded back to bfloat16: what a bf16 convolution with float32
   accumulation computes, on CPUs where oneDNN cannot create bf16 primitives."""
-  return _dispatch(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                   dimension_numbers, feature_group_count, batch_group_count, precision,
-                   preferred_element_type, bf16_in_fp32=True)
+  return _dispatch(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+    bf16_in_fp32=True,
+  )
 
 
 # The convolution implementations a model can be given, by the name
 # `cifar_jax.precision` settles on.
 IMPLEMENTATIONS: dict[str, Callable[..., jax.Array]] = {
-    "xla": lax.conv_general_dilated,
-    "onednn": onednn_conv_general_dilated,
-    "onednn_fp32": onednn_fp32_conv_general_dilated,
+  "xla": lax.conv_general_dilated,
+  "onednn": onednn_conv_general_dilated,
+  "onednn_fp32": onednn_fp32_conv_general_dilated,
 }

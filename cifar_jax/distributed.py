@@ -12,6 +12,7 @@ detection). With none of them set a run is one process, exactly as before.
 Only the primary process (index 0) writes files other than checkpoints
 (`is_primary`); every process takes part in orbax's checkpoint saves.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,11 @@ from typing import Any
 
 import ml_collections
 
-ENV_KEYS = {"coordinator_address": "JAX_COORDINATOR_ADDRESS",
-            "num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+ENV_KEYS = {
+  "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+  "num_processes": "JAX_NUM_PROCESSES",
+  "process_id": "JAX_PROCESS_ID",
+}
 
 
 class DistributedError(RuntimeError):
@@ -50,25 +54,35 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
   errors = []
   if given and len(given) < 3:
     missing = [f"distributed.{k}" for k in ENV_KEYS if s[k] is None]
-    errors.append(f"config.distributed: {', '.join(missing)} missing; a multi-process run "
-                  "needs coordinator_address=HOST:PORT, num_processes and process_id "
-                  f"(or {', '.join(ENV_KEYS.values())}), or distributed.auto=True on a "
-                  "cluster JAX detects.")
-  if s["num_processes"] is not None and not (isinstance(s["num_processes"], int)
-                                             and s["num_processes"] >= 1):
-    errors.append(f"config.distributed.num_processes must be a positive integer, not "
-                  f"{s['num_processes']!r}.")
+    errors.append(
+      f"config.distributed: {', '.join(missing)} missing; a multi-process run "
+      "needs coordinator_address=HOST:PORT, num_processes and process_id "
+      f"(or {', '.join(ENV_KEYS.values())}), or distributed.auto=True on a "
+      "cluster JAX detects."
+    )
+  if s["num_processes"] is not None and not (
+    isinstance(s["num_processes"], int) and s["num_processes"] >= 1
+  ):
+    errors.append(
+      f"config.distributed.num_processes must be a positive integer, not {s['num_processes']!r}."
+    )
   elif s["process_id"] is not None and isinstance(s["num_processes"], int):
     if not (isinstance(s["process_id"], int) and 0 <= s["process_id"] < s["num_processes"]):
-      errors.append(f"config.distributed.process_id must be in [0, {s['num_processes']}) "
-                    f"(num_processes={s['num_processes']}), not {s['process_id']!r}.")
+      errors.append(
+        f"config.distributed.process_id must be in [0, {s['num_processes']}) "
+        f"(num_processes={s['num_processes']}), not {s['process_id']!r}."
+      )
   address = s["coordinator_address"]
   if address is not None and (not isinstance(address, str) or ":" not in address):
-    errors.append(f"config.distributed.coordinator_address must be HOST:PORT (process 0's "
-                  f"host, a free port), not {address!r}.")
+    errors.append(
+      f"config.distributed.coordinator_address must be HOST:PORT (process 0's "
+      f"host, a free port), not {address!r}."
+    )
   if given and config.distributed.auto:
-    errors.append("config.distributed.auto=True detects the cluster's settings itself: "
-                  "leave coordinator_address, num_processes and process_id unset.")
+    errors.append(
+      "config.distributed.auto=True detects the cluster's settings itself: "
+      "leave coordinator_address, num_processes and process_id unset."
+    )
   for key in ("initialization_timeout_s", "heartbeat_timeout_s"):
     value = config.distributed[key]
     if not (isinstance(value, int) and value > 0):
@@ -90,38 +104,48 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
     return False
   if _initialized():
     return jax.process_count() > 1
-  timeouts = {"initialization_timeout": config.distributed.initialization_timeout_s,
-              "heartbeat_timeout_seconds": config.distributed.heartbeat_timeout_s}
+  timeouts = {
+    "initialization_timeout": config.distributed.initialization_timeout_s,
+    "heartbeat_timeout_seconds": config.distributed.heartbeat_timeout_s,
+  }
   try:
     if config.distributed.auto:
       jax.distributed.initialize(**timeouts)
     else:
-      jax.distributed.initialize(s["coordinator_address"], s["num_processes"],
-                                 s["process_id"], **timeouts)
+      jax.distributed.initialize(
+        s["coordinator_address"], s["num_processes"], s["process_id"], **timeouts
+      )
   except Exception as e:  # noqa: BLE001 - jax raises several kinds; one message for all
-    where = ("the cluster's settings (distributed.auto)" if config.distributed.auto
-             else f"the coordinator at {s['coordinator_address']}")
+    where = (
+      "the cluster's settings (distributed.auto)"
+      if config.distributed.auto
+      else f"the coordinator at {s['coordinator_address']}"
+    )
     raise DistributedError(
-        f"could not join {where} within {config.distributed.initialization_timeout_s} s "
-        f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e}). "
-        "Start every process (process 0 hosts the coordinator), check the address and "
-        "port are reachable from each, and that num_processes matches.") from None
+      f"could not join {where} within {config.distributed.initialization_timeout_s} s "
+      f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e}). "
+      "Start every process (process 0 hosts the coordinator), check the address and "
+      "port are reachable from each, and that num_processes matches."
+    ) from None
   return jax.process_count() > 1
 
 
 def _initialized() -> bool:
   from jax._src import distributed as jax_distributed  # no public "is initialised" yet
+
   return jax_distributed.global_state.client is not None
 
 
 def is_primary() -> bool:
   """Whether this process writes the run's files (metrics, reports, config)."""
   import jax
+
   return jax.process_index() == 0
 
 
 def multi_process() -> bool:
   import jax
+
   return jax.process_count() > 1
 
 
@@ -132,6 +156,7 @@ def agree_any(flag: bool) -> bool:
     return flag
   import numpy as np
   from jax.experimental import multihost_utils
+
   return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
@@ -139,4 +164,5 @@ def barrier(name: str) -> None:
   """Waits until every process reaches the barrier `name` (no-op alone)."""
   if multi_process():
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)

@@ -6,6 +6,7 @@ Restores the best checkpoint of a workdir (else the latest), evaluates
 with class names) and `DIR/eval_<split>_mistakes.npz` (misclassified images for
 the report), and logs the confusion matrix as an image to TensorBoard.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,22 @@ def summarize(sums: dict[str, np.ndarray], class_names: tuple[str, ...]) -> dict
   """Accuracy, loss, per-class accuracy and the confusion matrix from sums."""
   confusion = np.asarray(sums["confusion"]).round().astype(np.int64)
   per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-  return {**metrics_lib.means(sums), "num_examples": int(round(float(sums["count"]))),
-          "class_names": list(class_names),
-          "per_class_accuracy": {n: float(a) for n, a in zip(class_names, per_class)},
-          "confusion_matrix": confusion.tolist()}
+  return {
+    **metrics_lib.means(sums),
+    "num_examples": int(round(float(sums["count"]))),
+    "class_names": list(class_names),
+    "per_class_accuracy": {n: float(a) for n, a in zip(class_names, per_class)},
+    "confusion_matrix": confusion.tolist(),
+  }
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-             split: input_pipeline.ArraySplit | None = None,
-             which: str = "best_or_latest") -> dict[str, Any]:
+def evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | Path,
+  *,
+  split: input_pipeline.ArraySplit | None = None,
+  which: str = "best_or_latest",
+) -> dict[str, Any]:
   """Restores the run in `workdir` and evaluates it; returns what it wrote."""
   workdir = Path(workdir)
   # The optimizer must match the run's for its state to restore; the schedule
@@ -58,40 +66,63 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
   ckpt.close()
   if restored is None:
     raise checkpoint.NoCheckpointError(
-        f"No checkpoint in {workdir.absolute()}: train first with "
-        f"`python -m cifar_jax.main --config=... --workdir={workdir}`.")
+      f"No checkpoint in {workdir.absolute()}: train first with "
+      f"`python -m cifar_jax.main --config=... --workdir={workdir}`."
+    )
   state, meta = restored
   if split is None:
-    split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
-                                      config.dataset.data_dir, key="dataset.eval_split")
+    split = input_pipeline.load_split(
+      config.dataset.name,
+      config.dataset.eval_split,
+      config.dataset.data_dir,
+      key="dataset.eval_split",
+    )
   state = run.place(state)
   evaluator = run.evaluator(split, state, use_ema=bool(config.ema_decay))
   sums, per_example = evaluator.run(state, per_example=True)
   predictions = per_example["prediction"]
-  result = {"split": config.dataset.eval_split, "step": int(meta.get("step", -1)),
-            "model": config.model.name, "param_count": meta.get("param_count"),
-            "ema": bool(config.ema_decay), "tta": config.tta,
-            **summarize(sums, split.class_names)}
+  result = {
+    "split": config.dataset.eval_split,
+    "step": int(meta.get("step", -1)),
+    "model": config.model.name,
+    "param_count": meta.get("param_count"),
+    "ema": bool(config.ema_decay),
+    "tta": config.tta,
+    **summarize(sums, split.class_names),
+  }
   path = eval_file(workdir, config.dataset.eval_split)
   if distributed.is_primary():  # every process evaluated; one writes
     _write_result(workdir, path, result, split, predictions)
-  print(f"{config.model.name} step {result['step']}: accuracy {result['accuracy']:.4f} "
-        f"loss {result['loss']:.4f} on {result['num_examples']} examples of "
-        f"{result['split']} -> {path}", file=sys.stderr)
+  print(
+    f"{config.model.name} step {result['step']}: accuracy {result['accuracy']:.4f} "
+    f"loss {result['loss']:.4f} on {result['num_examples']} examples of "
+    f"{result['split']} -> {path}",
+    file=sys.stderr,
+  )
   print(f"accuracy: {result['accuracy']:.4f}")
   return result
 
 
-def _write_result(workdir: Path, path: Path, result: dict[str, Any],
-                  split: input_pipeline.ArraySplit, predictions: np.ndarray) -> None:
+def _write_result(
+  workdir: Path,
+  path: Path,
+  result: dict[str, Any],
+  split: input_pipeline.ArraySplit,
+  predictions: np.ndarray,
+) -> None:
   """eval_<split>.json, the mistakes file and the TensorBoard confusion image."""
   path.write_text(json.dumps(result, indent=2) + "\n")
   from cifar_jax.report import figures  # matplotlib, only needed here
+
   writer = writers.MetricWriter(workdir)
   writer.write_image("eval/confusion_matrix", result["step"], figures.confusion_image(result))
   writer.close()
   wrong = np.flatnonzero(predictions != split.labels)[:MAX_MISTAKES_SAVED]
-  np.savez_compressed(path.with_name(path.stem + "_mistakes.npz"),
-                      images=split.images[wrong], labels=split.labels[wrong],
-                      predictions=predictions[wrong], indices=wrong,
-                      class_names=np.asarray(split.class_names))
+  np.savez_compressed(
+    path.with_name(path.stem + "_mistakes.npz"),
+    images=split.images[wrong],
+    labels=split.labels[wrong],
+    predictions=predictions[wrong],
+    indices=wrong,
+    class_names=np.asarray(split.class_names),
+  )

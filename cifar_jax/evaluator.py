@@ -4,9 +4,11 @@ The split goes to the devices once; batches are gathered there from an index
 plan whose last batch is padded and masked (`input_pipeline.eval_index_plan`),
 so no example is dropped and none counts twice, on any number of devices.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import numpy as np
@@ -24,17 +26,24 @@ class Evaluator:
   `run.Run.evaluator`, which binds the step's options from the config.
   """
 
-  def __init__(self, par: parallel_lib.DataParallel, eval_step: Callable,
-               split: input_pipeline.ArraySplit, state: Any, batch_size: int,
-               data: dict[str, jax.Array] | None = None):
+  def __init__(
+    self,
+    par: parallel_lib.DataParallel,
+    eval_step: Callable,
+    split: input_pipeline.ArraySplit,
+    state: Any,
+    batch_size: int,
+    data: dict[str, jax.Array] | None = None,
+  ):
     par.check_batch_size(batch_size, "eval_batch_size")
     self.par = par
     self.split = split
     # A split smaller than the batch needs only one (padded) device-multiple batch.
     self.batch_size = min(batch_size, -(-len(split) // par.num_devices) * par.num_devices)
     self.indices, self.mask = input_pipeline.eval_index_plan(len(split), self.batch_size)
-    self.data = data if data is not None else par.put_dataset(
-        {"image": split.images, "label": split.labels})
+    self.data = (
+      data if data is not None else par.put_dataset({"image": split.images, "label": split.labels})
+    )
     self._gather = par.make_gather()
     self._step, self.compile_s = par.compile_eval(eval_step, state, self._batch(0))
 
@@ -43,8 +52,9 @@ class Evaluator:
     batch["mask"] = self.par.put_batch({"mask": self.mask[i]})["mask"]
     return batch
 
-  def run(self, state: Any, per_example: bool = False
-          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+  def run(
+    self, state: Any, per_example: bool = False
+  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Returns the summed metrics and, if asked, every example's prediction
     and loss (in split order, padding removed)."""
     acc = metrics_lib.Accumulator()
@@ -58,5 +68,4 @@ class Evaluator:
     if not per_example:
       return sums, None
     keep = self.mask.reshape(-1) > 0
-    return sums, {k: np.concatenate([np.asarray(o[k]) for o in outputs])[keep]
-                  for k in outputs[0]}
+    return sums, {k: np.concatenate([np.asarray(o[k]) for o in outputs])[keep] for k in outputs[0]}

@@ -27,6 +27,7 @@ Either is lowered for `--platforms` (default cpu,cuda). Next to it goes a JSON
 sidecar, OUT + ".json": class names, the input and output specs, the model,
 its options, the step, which weights and the TTA.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,28 +62,40 @@ def input_shape_spec() -> str:
   return ", ".join([BATCH, *map(str, input_pipeline.IMAGE_SHAPE)])
 
 
-def serving_function(trained: predict.Trained, tta: str | None = None
-                     ) -> Callable[[Any, jax.Array], jax.Array]:
+def serving_function(
+  trained: predict.Trained, tta: str | None = None
+) -> Callable[[Any, jax.Array], jax.Array]:
   """fn(variables, uint8 images) -> probabilities, for `trained`'s model."""
   return predict.probabilities_fn(trained.model, trained.config.tta if tta is None else tta)
 
 
-def export_stablehlo(trained: predict.Trained, out: str | Path, *, tta: str | None = None,
-                     platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
+def export_stablehlo(
+  trained: predict.Trained,
+  out: str | Path,
+  *,
+  tta: str | None = None,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> jax.export.Exported:
   """Writes the serialised `jax.export` of images -> probabilities to `out`."""
   fn = serving_function(trained, tta)
   variables = trained.variables
   images = jax.ShapeDtypeStruct(jax.export.symbolic_shape(input_shape_spec()), jnp.uint8)
-  exported = jax.export.export(jax.jit(lambda x: fn(variables, x)),
-                               platforms=tuple(platforms))(images)
+  exported = jax.export.export(jax.jit(lambda x: fn(variables, x)), platforms=tuple(platforms))(
+    images
+  )
   out = Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_bytes(exported.serialize())
   return exported
 
 
-def export_savedmodel(trained: predict.Trained, out: str | Path, *, tta: str | None = None,
-                      platforms: Sequence[str] = DEFAULT_PLATFORMS) -> None:
+def export_savedmodel(
+  trained: predict.Trained,
+  out: str | Path,
+  *,
+  tta: str | None = None,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> None:
   """Writes a TensorFlow SavedModel of images -> probabilities to the folder `out`."""
   import tensorflow as tf  # Imported late: TensorFlow is slow to start.
   from jax.experimental import jax2tf
@@ -93,13 +106,19 @@ def export_savedmodel(trained: predict.Trained, out: str | Path, *, tta: str | N
   def from_leaves(leaves, images):
     return fn(jax.tree.unflatten(treedef, leaves), images)
 
-  tf_fn = jax2tf.convert(from_leaves, polymorphic_shapes=[None, f"({input_shape_spec()})"],
-                         with_gradient=False, native_serialization_platforms=tuple(platforms))
+  tf_fn = jax2tf.convert(
+    from_leaves,
+    polymorphic_shapes=[None, f"({input_shape_spec()})"],
+    with_gradient=False,
+    native_serialization_platforms=tuple(platforms),
+  )
   module = tf.Module()
   # Variables, not constants folded into the graph: a GraphDef must stay under
   # 2 GB, and TF tools list and load variables by name.
-  module.weights = [tf.Variable(jax.device_get(leaf), trainable=False, name=_tf_name(path))
-                    for path, leaf in leaves_with_paths]
+  module.weights = [
+    tf.Variable(jax.device_get(leaf), trainable=False, name=_tf_name(path))
+    for path, leaf in leaves_with_paths
+  ]
   spec = tf.TensorSpec((None,) + input_pipeline.IMAGE_SHAPE, tf.uint8, name=INPUT_NAME)
 
   @tf.function(input_signature=[spec], autograph=False)
@@ -119,34 +138,53 @@ def sidecar_path(out: str | Path) -> Path:
   return Path(str(out).rstrip("/") + ".json")
 
 
-def sidecar(trained: predict.Trained, fmt: str, *, tta: str | None = None,
-            platforms: Sequence[str] = DEFAULT_PLATFORMS) -> dict[str, Any]:
+def sidecar(
+  trained: predict.Trained,
+  fmt: str,
+  *,
+  tta: str | None = None,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> dict[str, Any]:
   """What a consumer of the export needs to know, as JSON."""
   config = trained.config
   num_classes = len(trained.class_names)
   return {
-      "format": fmt,
-      "classes": list(trained.class_names),
-      "input": {"name": INPUT_NAME, "dtype": "uint8",
-                "shape": [BATCH, *input_pipeline.IMAGE_SHAPE], "layout": "NHWC",
-                "values": "RGB pixels 0-255, the whole image resized to 32x32 "
-                          "(normalisation is inside the model)"},
-      "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [BATCH, num_classes],
-                 "values": "class probabilities, in the order of classes"},
-      "model": config.model.name,
-      "model_options": config.model.to_dict(),
-      "param_count": trained.meta.get("param_count"),
-      "step": trained.step,
-      "weights": trained.weights,
-      "tta": config.tta if tta is None else tta,
-      "eval_accuracy": (trained.meta.get("metrics") or {}).get("eval_accuracy"),
-      "platforms": list(platforms),
-      **({"signature": SIGNATURE} if fmt == "savedmodel" else {}),
+    "format": fmt,
+    "classes": list(trained.class_names),
+    "input": {
+      "name": INPUT_NAME,
+      "dtype": "uint8",
+      "shape": [BATCH, *input_pipeline.IMAGE_SHAPE],
+      "layout": "NHWC",
+      "values": "RGB pixels 0-255, the whole image resized to 32x32 "
+      "(normalisation is inside the model)",
+    },
+    "output": {
+      "name": OUTPUT_NAME,
+      "dtype": "float32",
+      "shape": [BATCH, num_classes],
+      "values": "class probabilities, in the order of classes",
+    },
+    "model": config.model.name,
+    "model_options": config.model.to_dict(),
+    "param_count": trained.meta.get("param_count"),
+    "step": trained.step,
+    "weights": trained.weights,
+    "tta": config.tta if tta is None else tta,
+    "eval_accuracy": (trained.meta.get("metrics") or {}).get("eval_accuracy"),
+    "platforms": list(platforms),
+    **({"signature": SIGNATURE} if fmt == "savedmodel" else {}),
   }
 
 
-def export(trained: predict.Trained, fmt: str, out: str | Path, *, tta: str | None = None,
-           platforms: Sequence[str] = DEFAULT_PLATFORMS) -> Path:
+def export(
+  trained: predict.Trained,
+  fmt: str,
+  out: str | Path,
+  *,
+  tta: str | None = None,
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> Path:
   """Writes `trained` in format `fmt` to `out` and its sidecar; returns the sidecar's path."""
   if fmt not in FORMATS:
     raise predict.PredictError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}.")
@@ -164,20 +202,47 @@ def export(trained: predict.Trained, fmt: str, out: str | Path, *, tta: str | No
 # Flag values of its own, not absl's global ones: tests call `main` in a
 # process that also holds cifar_jax.main's required flags.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("workdir", None, "The training run's directory (config.json, checkpoints).",
-                    flag_values=FLAGS)
-flags.DEFINE_enum("format", None, list(FORMATS), "stablehlo: a jax.export file; "
-                  "savedmodel: a TensorFlow SavedModel folder.", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "The file (stablehlo) or folder (savedmodel) to write; "
-                    "the sidecar goes to OUT.json.", flag_values=FLAGS)
-flags.DEFINE_string("config", None, "Use this config (a .json, or a .py[:variant] config "
-                    "file) instead of the workdir's config.json.", flag_values=FLAGS)
-flags.DEFINE_integer("step", None, "Export the checkpoint of this step (default: the best "
-                     "checkpoint, else the latest).", flag_values=FLAGS)
-flags.DEFINE_list("platforms", list(DEFAULT_PLATFORMS), "Platforms to lower for "
-                  "(jax.export names: cpu, cuda, rocm, tpu).", flag_values=FLAGS)
-flags.DEFINE_enum("tta", None, list(augment.TTA_MODES), "Test-time augmentation baked into "
-                  "the export (default: the config's tta).", flag_values=FLAGS)
+flags.DEFINE_string(
+  "workdir", None, "The training run's directory (config.json, checkpoints).", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+  "format",
+  None,
+  list(FORMATS),
+  "stablehlo: a jax.export file; savedmodel: a TensorFlow SavedModel folder.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  "out",
+  None,
+  "The file (stablehlo) or folder (savedmodel) to write; the sidecar goes to OUT.json.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  "config",
+  None,
+  "Use this config (a .json, or a .py[:variant] config file) instead of the workdir's config.json.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+  "step",
+  None,
+  "Export the checkpoint of this step (default: the best checkpoint, else the latest).",
+  flag_values=FLAGS,
+)
+flags.DEFINE_list(
+  "platforms",
+  list(DEFAULT_PLATFORMS),
+  "Platforms to lower for (jax.export names: cpu, cuda, rocm, tpu).",
+  flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+  "tta",
+  None,
+  list(augment.TTA_MODES),
+  "Test-time augmentation baked into the export (default: the config's tta).",
+  flag_values=FLAGS,
+)
 flags.mark_flags_as_required(["workdir", "format", "out"], flag_values=FLAGS)
 
 
@@ -189,12 +254,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config = predict.load_config(FLAGS.workdir, FLAGS.config)
     trained = predict.load_trained(FLAGS.workdir, config, step=FLAGS.step)
-    print(f"Exporting {trained.description} as {FLAGS.format} for "
-          f"{','.join(FLAGS.platforms)}", file=sys.stderr)
-    meta_path = export(trained, FLAGS.format, FLAGS.out, tta=FLAGS.tta,
-                       platforms=FLAGS.platforms)
-  except (predict.PredictError, checkpoint.NoCheckpointError,
-          checkpoint.CheckpointMismatchError) as e:
+    print(
+      f"Exporting {trained.description} as {FLAGS.format} for {','.join(FLAGS.platforms)}",
+      file=sys.stderr,
+    )
+    meta_path = export(trained, FLAGS.format, FLAGS.out, tta=FLAGS.tta, platforms=FLAGS.platforms)
+  except (
+    predict.PredictError,
+    checkpoint.NoCheckpointError,
+    checkpoint.CheckpointMismatchError,
+  ) as e:
     sys.exit(f"{PROG}: error: {e}")
   print(f"Wrote {FLAGS.out} and {meta_path}", file=sys.stderr)
   return 0

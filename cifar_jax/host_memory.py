@@ -22,6 +22,7 @@ the same setting to child processes (Ray workers). Nothing changes where
 glibc is older, the kernel has transparent huge pages switched off, or
 `CIFAR_JAX_MALLOC=system` is set.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ for evaluation consecutive batches whose last one is padded and masked so that
 every example counts exactly once. Pixels stay uint8 until the train step,
 where augmentation and normalisation run on the device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,18 @@ IMAGE_SHAPE = (32, 32, 3)  # height, width, channels of every CIFAR image
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                   "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
 
 
 class DatasetNotFoundError(RuntimeError):
@@ -33,6 +44,7 @@ class DatasetNotFoundError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class ArraySplit:
   """One split held in memory: images (N, H, W, C) uint8, labels (N,) int32."""
+
   name: str
   images: np.ndarray
   labels: np.ndarray
@@ -51,8 +63,13 @@ class EmptySplitError(ValueError):
   """A split string selects no examples."""
 
 
-def load_split(dataset_name: str, split: str, data_dir: str | None = None,
-               download: bool = True, key: str = "dataset split") -> ArraySplit:
+def load_split(
+  dataset_name: str,
+  split: str,
+  data_dir: str | None = None,
+  download: bool = True,
+  key: str = "dataset split",
+) -> ArraySplit:
   """Reads a whole tfds split (slices like 'train[45000:]' allowed) into memory.
 
   `key` names the config key the split came from, for the error when it
@@ -63,8 +80,9 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
   tf.config.set_visible_devices([], "GPU")  # TensorFlow must not grab GPU memory.
   data_dir = resolve_data_dir(data_dir)
   where = data_dir or "the tfds default directory (~/tensorflow_datasets)"
-  load = functools.partial(tfds.load, dataset_name, split=split, data_dir=data_dir,
-                           as_supervised=True)
+  load = functools.partial(
+    tfds.load, dataset_name, split=split, data_dir=data_dir, as_supervised=True
+  )
   try:
     builder = tfds.builder(dataset_name, data_dir=data_dir)
     _check_not_empty(builder, split, key)
@@ -72,8 +90,9 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
       ds = load(download=False)
     except AssertionError:  # tfds' way of saying the data is not prepared there
       _check_download_possible(builder, download)
-      print(f"{dataset_name} is not in {where}: downloading and preparing it there.",
-            file=sys.stderr)
+      print(
+        f"{dataset_name} is not in {where}: downloading and preparing it there.", file=sys.stderr
+      )
       ds = load(download=True)
   except EmptySplitError:
     raise
@@ -81,16 +100,18 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
     if "split" not in str(e).lower():
       raise
     raise DatasetNotFoundError(
-        f"Split {split!r} is not available for {dataset_name!r} in {where}: {e} "
-        f"Set --config.dataset.train_split / --config.dataset.eval_split to an "
-        f"available split, e.g. 'train[:45000]' and 'train[45000:]'.") from None
+      f"Split {split!r} is not available for {dataset_name!r} in {where}: {e} "
+      f"Set --config.dataset.train_split / --config.dataset.eval_split to an "
+      f"available split, e.g. 'train[:45000]' and 'train[45000:]'."
+    ) from None
   except Exception as e:  # noqa: BLE001 - any failure to obtain data means one fix.
     raise DatasetNotFoundError(
-        f"Cannot load dataset {dataset_name!r} from {where} and cannot download it "
-        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Point "
-        f"--config.dataset.data_dir (or the TFDS_DATA_DIR environment variable) at a "
-        f"folder holding a prepared '{dataset_name}', or prepare one with "
-        f"`tfds build {dataset_name} --data_dir=DIR` on a machine with internet.") from None
+      f"Cannot load dataset {dataset_name!r} from {where} and cannot download it "
+      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). Point "
+      f"--config.dataset.data_dir (or the TFDS_DATA_DIR environment variable) at a "
+      f"folder holding a prepared '{dataset_name}', or prepare one with "
+      f"`tfds build {dataset_name} --data_dir=DIR` on a machine with internet."
+    ) from None
   images, labels = [], []
   for x, y in tfds.as_numpy(ds.batch(10_000)):
     images.append(x)
@@ -99,8 +120,12 @@ def load_split(dataset_name: str, split: str, data_dir: str | None = None,
   class_names = tuple(label_feature.names)
   if dataset_name == "cifar10" and class_names == tuple(map(str, range(10))):
     class_names = CIFAR10_CLASSES  # builder info read without its label file (mock data)
-  return ArraySplit(split, np.concatenate(images).astype(np.uint8),
-                    np.concatenate(labels).astype(np.int32), class_names)
+  return ArraySplit(
+    split,
+    np.concatenate(images).astype(np.uint8),
+    np.concatenate(labels).astype(np.int32),
+    class_names,
+  )
 
 
 def _check_not_empty(builder, split: str, key: str) -> None:
@@ -111,11 +136,11 @@ def _check_not_empty(builder, split: str, key: str) -> None:
   except Exception:  # noqa: BLE001 - not prepared, or a split tfds rejects later
     return
   if size == 0:
-    sizes = ", ".join(f"{name}: {info.num_examples}"
-                      for name, info in builder.info.splits.items())
+    sizes = ", ".join(f"{name}: {info.num_examples}" for name, info in builder.info.splits.items())
     raise EmptySplitError(
-        f"config.{key}={split!r} selects no examples of {builder.name} ({sizes}). "
-        "Choose a non-empty slice, e.g. 'train[:45000]'.")
+      f"config.{key}={split!r} selects no examples of {builder.name} ({sizes}). "
+      "Choose a non-empty slice, e.g. 'train[:45000]'."
+    )
 
 
 def _check_download_possible(builder, download: bool) -> None:
@@ -130,8 +155,9 @@ def _check_download_possible(builder, download: bool) -> None:
       raise ConnectionError(f"no network: cannot resolve {host} ({e})") from None
 
 
-def train_index_plan(num_examples: int, batch_size: int, seed: int, epoch: int,
-                     weights: np.ndarray | None = None) -> np.ndarray:
+def train_index_plan(
+  num_examples: int, batch_size: int, seed: int, epoch: int, weights: np.ndarray | None = None
+) -> np.ndarray:
   """Indices (steps_per_epoch, batch_size) of one epoch: a fresh permutation
   seeded by (seed, epoch), last partial batch dropped. Being a pure function of
   its arguments is what makes resumed training reproduce an uninterrupted run.
@@ -141,14 +167,16 @@ def train_index_plan(num_examples: int, batch_size: int, seed: int, epoch: int,
   """
   steps = num_examples // batch_size
   if steps == 0:
-    raise ValueError(f"batch_size {batch_size} is larger than the training split "
-                     f"({num_examples} examples); lower --config.batch_size.")
+    raise ValueError(
+      f"batch_size {batch_size} is larger than the training split "
+      f"({num_examples} examples); lower --config.batch_size."
+    )
   rng = np.random.default_rng([seed, epoch])
   if weights is None:
     order = rng.permutation(num_examples)
   else:
     order = rng.choice(num_examples, size=steps * batch_size, replace=True, p=weights)
-  return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+  return order[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
 
 
 # Seeds the random first side of every image for alternating flips, apart
@@ -156,8 +184,7 @@ def train_index_plan(num_examples: int, batch_size: int, seed: int, epoch: int,
 _FLIP_STREAM = 7919
 
 
-def alternating_flips(indices: np.ndarray, num_examples: int, seed: int,
-                      epoch: int) -> np.ndarray:
+def alternating_flips(indices: np.ndarray, num_examples: int, seed: int, epoch: int) -> np.ndarray:
   """Which of `indices` to mirror in `epoch` under airbench's alternating flip.
 
   Every training image gets a random side once (from `seed`); even epochs show
@@ -169,8 +196,9 @@ def alternating_flips(indices: np.ndarray, num_examples: int, seed: int,
   return first_side[indices] ^ bool(epoch % 2)
 
 
-def mining_weights(losses: np.ndarray, power: float = 1.0,
-                   uniform_fraction: float = 0.5) -> np.ndarray:
+def mining_weights(
+  losses: np.ndarray, power: float = 1.0, uniform_fraction: float = 0.5
+) -> np.ndarray:
   """Sampling probabilities for loss-based hard-example mining: proportional
   to loss**power, mixed with the uniform distribution so that every example
   keeps being seen (and its loss re-measured)."""

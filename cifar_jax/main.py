@@ -6,6 +6,7 @@
 Config values are overridden with `--config.<key>=<value>`; the config is
 locked, so a misspelt key is an error rather than a silently ignored flag.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,11 +20,16 @@ from cifar_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and evaluations.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: train (resuming from the workdir's latest checkpoint); "
-                  "eval: evaluate the workdir's best (else latest) checkpoint.")
-config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
-                                lock_config=True)
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval"],
+  "train: train (resuming from the workdir's latest checkpoint); "
+  "eval: evaluate the workdir's best (else latest) checkpoint.",
+)
+config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file in configs/.", lock_config=True
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,11 +42,23 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.
-  from cifar_jax import checkpoint, distributed, evaluate, input_pipeline, metrics, train, workdir
+  from cifar_jax import checkpoint
+  from cifar_jax import distributed
+  from cifar_jax import evaluate
+  from cifar_jax import input_pipeline
+  from cifar_jax import metrics
+  from cifar_jax import train
+  from cifar_jax import workdir
 
-  known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
-                  checkpoint.NoCheckpointError, metrics.NonFiniteLossError,
-                  workdir.WorkdirBusyError, distributed.DistributedError, ValueError)
+  known_errors = (
+    input_pipeline.DatasetNotFoundError,
+    checkpoint.CheckpointMismatchError,
+    checkpoint.NoCheckpointError,
+    metrics.NonFiniteLossError,
+    workdir.WorkdirBusyError,
+    distributed.DistributedError,
+    ValueError,
+  )
   config = cli.config_or_exit("cifar_jax")
   try:
     distributed.initialize(config)  # before anything touches a device
@@ -51,8 +69,10 @@ def main(argv):
   except known_errors as e:
     sys.exit(f"cifar_jax: error: {e}")
   except KeyboardInterrupt:  # the second Ctrl-C, possibly in the middle of a save
-    sys.exit("cifar_jax: interrupted. The workdir keeps its last complete checkpoint "
-             "(a save cut short is cleaned up): run the same command to resume.")
+    sys.exit(
+      "cifar_jax: interrupted. The workdir keeps its last complete checkpoint "
+      "(a save cut short is cleaned up): run the same command to resume."
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ size and padded evaluation batches combine exactly. A key is summed unless
 `REDUCTIONS` declares otherwise; the same table reduces over steps
 (`Accumulator`) and over devices (`reduce_over_devices`, under pmap).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,11 +29,12 @@ def _combine(key: str, a, b):
   return jnp.minimum(a, b) if REDUCTIONS.get(key) == "min" else a + b
 
 
-def reduce_over_devices(step_metrics: dict[str, jax.Array], axis_name: str
-                        ) -> dict[str, jax.Array]:
+def reduce_over_devices(step_metrics: dict[str, jax.Array], axis_name: str) -> dict[str, jax.Array]:
   """Inside pmap: every device's metrics combined as `REDUCTIONS` says."""
-  return {k: (jax.lax.pmin(v, axis_name) if REDUCTIONS.get(k) == "min"
-              else jax.lax.psum(v, axis_name)) for k, v in step_metrics.items()}
+  return {
+    k: (jax.lax.pmin(v, axis_name) if REDUCTIONS.get(k) == "min" else jax.lax.psum(v, axis_name))
+    for k, v in step_metrics.items()
+  }
 
 
 class Accumulator:
@@ -57,8 +59,9 @@ def to_host(sums: dict[str, np.ndarray]) -> dict[str, float]:
 
 def from_host(sums: dict[str, float]) -> dict[str, jax.Array]:
   """`to_host`'s numbers back as step metrics (the dtypes the steps return)."""
-  return {k: jnp.asarray(v, jnp.int32 if isinstance(v, int) else jnp.float32)
-          for k, v in sums.items()}
+  return {
+    k: jnp.asarray(v, jnp.int32 if isinstance(v, int) else jnp.float32) for k, v in sums.items()
+  }
 
 
 def means(sums: dict[str, np.ndarray]) -> dict[str, float]:
@@ -66,8 +69,7 @@ def means(sums: dict[str, np.ndarray]) -> dict[str, float]:
   count = float(sums["count"])
   if count == 0:
     return {"loss": float("nan"), "accuracy": float("nan")}
-  return {"loss": float(sums["loss_sum"]) / count,
-          "accuracy": float(sums["correct"]) / count}
+  return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
 
 
 def check_finite(sums: dict[str, np.ndarray], epoch: int) -> None:
@@ -76,7 +78,8 @@ def check_finite(sums: dict[str, np.ndarray], epoch: int) -> None:
   if bad_step != NO_BAD_STEP or not np.isfinite(sums["loss_sum"]):
     where = f"step {bad_step}" if bad_step != NO_BAD_STEP else "an unknown step"
     raise NonFiniteLossError(
-        f"Training loss became NaN/Inf at {where} (epoch {epoch}). The last good "
-        "checkpoint is kept. Lower --config.optimizer.learning_rate, add warmup "
-        "(--config.schedule.warmup_epochs) or gradient clipping "
-        "(--config.optimizer.grad_clip_norm), or disable half_precision.")
+      f"Training loss became NaN/Inf at {where} (epoch {epoch}). The last good "
+      "checkpoint is kept. Lower --config.optimizer.learning_rate, add warmup "
+      "(--config.schedule.warmup_epochs) or gradient clipping "
+      "(--config.optimizer.grad_clip_norm), or disable half_precision."
+    )

@@ -3,6 +3,7 @@
 Durations in configs are epochs; `steps_per_epoch` and `epochs_to_steps` are
 the one place that turns them into optimizer steps.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,40 +32,51 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   return lr
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_in_epoch: int) -> optax.Schedule:
+def create_learning_rate_fn(
+  config: ml_collections.ConfigDict, steps_in_epoch: int
+) -> optax.Schedule:
   s = config.schedule
   peak = peak_learning_rate(config)
   total = max(epochs_to_steps(config.num_epochs, steps_in_epoch), 1)
   warmup = min(epochs_to_steps(s.warmup_epochs, steps_in_epoch), total - 1)
   if s.name == "onecycle":
     return optax.cosine_onecycle_schedule(
-        total, peak, pct_start=s.pct_start, div_factor=s.div_factor,
-        final_div_factor=s.final_div_factor)
+      total,
+      peak,
+      pct_start=s.pct_start,
+      div_factor=s.div_factor,
+      final_div_factor=s.final_div_factor,
+    )
   if s.name == "linear_onecycle":
     # airbench's triangle: linear from peak / div_factor up to peak over the
     # first pct_start of the steps, then linear down to end_lr_factor * peak.
     rise = min(max(int(round(s.pct_start * total)), 1), total - 1)
     return optax.join_schedules(
-        [optax.linear_schedule(peak / s.div_factor, peak, rise),
-         optax.linear_schedule(peak, s.end_lr_factor * peak, total - rise)], [rise])
+      [
+        optax.linear_schedule(peak / s.div_factor, peak, rise),
+        optax.linear_schedule(peak, s.end_lr_factor * peak, total - rise),
+      ],
+      [rise],
+    )
   if s.name == "cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=warmup, decay_steps=total,
-        end_value=s.end_lr_factor * peak)
+      0.0, peak, warmup_steps=warmup, decay_steps=total, end_value=s.end_lr_factor * peak
+    )
   if s.name == "constant":
     main = optax.constant_schedule(peak)
   elif s.name == "piecewise":
-    boundaries = {epochs_to_steps(e, steps_in_epoch) - warmup: s.decay_factor
-                  for e in s.boundaries_epochs}
+    boundaries = {
+      epochs_to_steps(e, steps_in_epoch) - warmup: s.decay_factor for e in s.boundaries_epochs
+    }
     main = optax.piecewise_constant_schedule(peak, boundaries)
   else:
-    raise ValueError(f"Unknown schedule.name {s.name!r}; choose constant, cosine, "
-                     "onecycle, linear_onecycle or piecewise.")
+    raise ValueError(
+      f"Unknown schedule.name {s.name!r}; choose constant, cosine, "
+      "onecycle, linear_onecycle or piecewise."
+    )
   if warmup == 0:
     return main
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, peak, warmup), main], [warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
 # Learned embeddings and bias tables that, like norms and biases, are not decayed
@@ -76,23 +88,26 @@ def decay_mask(params: Any, decay_norm_and_bias: bool) -> Any:
   """True for parameters that weight decay applies to: kernels. BatchNorm and
   LayerNorm scales, all biases (1-D), position embeddings, class tokens and
   relative-position bias tables are left out unless `decay_norm_and_bias`."""
+
   def decays(path, p):
     name = getattr(path[-1], "key", None)
     return decay_norm_and_bias or (p.ndim > 1 and name not in NO_DECAY_NAMES)
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def norm_mask(params: Any) -> Any:
   """True for parameters of normalisation layers: those with a module on their
   path whose name contains 'norm' (BatchNorm_0, LayerNorm_1, norm1, ...)."""
+
   def in_norm(path, _):
     return any("norm" in str(getattr(k, "key", "")).lower() for k in path[:-1])
+
   return jax.tree_util.tree_map_with_path(in_norm, params)
 
 
 # A convolution kernel (HWIO) as the matrix Muon orthogonalises: (H*W*I) x O.
-CONV_KERNEL_MATRIX = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2),
-                                                        output_axis=3)
+CONV_KERNEL_MATRIX = optax.contrib.MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
 
 
 def fixed_kernel_norm(eps: float = 1e-12) -> optax.GradientTransformation:
@@ -101,34 +116,43 @@ def fixed_kernel_norm(eps: float = 1e-12) -> optax.GradientTransformation:
   Muon step. A convolution followed by BatchNorm computes the same function
   at any kernel scale; pinning the scale pins the effective step size of the
   orthogonalised (unit-spectral-norm) updates."""
+
   def update_fn(updates, state, params):
     if params is None:
       raise ValueError("fixed_kernel_norm needs the params.")
+
     def rescale(update, p):
       target = jnp.sqrt(jnp.asarray(p.shape[-1], p.dtype))
       return update + p * (target / (jnp.linalg.norm(p) + eps) - 1.0)
+
     return jax.tree.map(rescale, updates, params), state
+
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def muon_for_kernels(learning_rate: optax.ScalarOrSchedule, momentum: float,
-                     ns_steps: int, fixed_norm: bool) -> optax.GradientTransformation:
+def muon_for_kernels(
+  learning_rate: optax.ScalarOrSchedule, momentum: float, ns_steps: int, fixed_norm: bool
+) -> optax.GradientTransformation:
   """Muon (Jordan et al., 2024) for 4-D convolution kernels: Nesterov momentum,
   its (H*W*I) x O matrix orthogonalised by `ns_steps` Newton-Schulz
   iterations (optax's), times the learning rate; with `fixed_norm`, each
   kernel is also held at norm sqrt(O) (`fixed_kernel_norm`). No weight decay:
   with the norm fixed it would do nothing."""
   every_kernel = lambda tree: jax.tree.map(lambda _: CONV_KERNEL_MATRIX, tree)  # noqa: E731
-  parts = [optax.contrib.scale_by_muon(ns_steps=ns_steps, beta=momentum, nesterov=True,
-                                       weight_dimension_numbers=every_kernel),
-           optax.scale_by_learning_rate(learning_rate)]
+  parts = [
+    optax.contrib.scale_by_muon(
+      ns_steps=ns_steps, beta=momentum, nesterov=True, weight_dimension_numbers=every_kernel
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  ]
   if fixed_norm:
     parts.append(fixed_kernel_norm())
   return optax.chain(*parts)
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
-                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create_optimizer(
+  config: ml_collections.ConfigDict, steps_in_epoch: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns the optimizer and its learning-rate schedule.
 
   SGD and Adam use coupled L2 decay (added to the gradient, as PyTorch's
@@ -142,35 +166,47 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_in_epoch: int
   lr = create_learning_rate_fn(config, steps_in_epoch)
   mask = lambda params: decay_mask(params, o.decay_norm_and_bias)  # noqa: E731
   if o.norm_lr_multiplier != 1.0 and o.name not in ("sgd", "muon"):
-    raise ValueError("optimizer.norm_lr_multiplier is only supported with "
-                     f"optimizer.name='sgd' or 'muon', not {o.name!r}.")
+    raise ValueError(
+      "optimizer.norm_lr_multiplier is only supported with "
+      f"optimizer.name='sgd' or 'muon', not {o.name!r}."
+    )
   if o.name in ("sgd", "muon"):
-    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
-                     optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov))
+    tx = optax.chain(
+      optax.add_decayed_weights(o.weight_decay, mask),
+      optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov),
+    )
     if o.norm_lr_multiplier != 1.0:  # else unchanged, so old checkpoints restore
       tx = optax.chain(optax.masked(optax.scale(o.norm_lr_multiplier), norm_mask), tx)
     if o.name == "muon":
       muon_lr = lambda step: lr(step) * (o.muon_learning_rate / peak_learning_rate(config))  # noqa: E731
       tx = optax.partition(
-          {"muon": muon_for_kernels(muon_lr, o.muon_momentum, o.muon_ns_steps,
-                                    o.muon_fixed_norm),
-           "sgd": tx},
-          lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 4 else "sgd", params))
+        {
+          "muon": muon_for_kernels(muon_lr, o.muon_momentum, o.muon_ns_steps, o.muon_fixed_norm),
+          "sgd": tx,
+        },
+        lambda params: jax.tree.map(lambda p: "muon" if p.ndim == 4 else "sgd", params),
+      )
   elif o.name == "adam":
-    tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
-                     optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps))
+    tx = optax.chain(
+      optax.add_decayed_weights(o.weight_decay, mask), optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    )
   elif o.name == "adamw":
-    tx = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                     mask=mask)
+    tx = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
   elif o.name == "lars":
-    tx = optax.lars(lr, weight_decay=o.weight_decay, weight_decay_mask=mask,
-                    trust_ratio_mask=mask, momentum=o.momentum, nesterov=o.nesterov)
+    tx = optax.lars(
+      lr,
+      weight_decay=o.weight_decay,
+      weight_decay_mask=mask,
+      trust_ratio_mask=mask,
+      momentum=o.momentum,
+      nesterov=o.nesterov,
+    )
   elif o.name == "lamb":
-    tx = optax.lamb(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
-                    mask=mask)
+    tx = optax.lamb(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
   else:
-    raise ValueError(f"Unknown optimizer.name {o.name!r}; choose sgd, muon, adam, "
-                     "adamw, lars or lamb.")
+    raise ValueError(
+      f"Unknown optimizer.name {o.name!r}; choose sgd, muon, adam, adamw, lars or lamb."
+    )
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx, lr

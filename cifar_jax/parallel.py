@@ -16,26 +16,30 @@ Every process holds the same host values (the dataset, the state, the
 index plan); `device_put` and the jitted gather then fill only this
 process's devices, each with its share of the global batch.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXIS = PMAP_AXIS = "batch"
 
 
-def batch_size_error(batch_size: int, num_devices: int, what: str = "batch_size"
-                     ) -> str | None:
+def batch_size_error(batch_size: int, num_devices: int, what: str = "batch_size") -> str | None:
   """Why `batch_size` cannot be split over `num_devices`, or None if it can."""
   if batch_size % num_devices == 0:
     return None
-  return (f"config.{what}={batch_size} must be a multiple of the {num_devices} devices "
-          f"(e.g. {max(num_devices, batch_size // num_devices * num_devices)}).")
+  return (
+    f"config.{what}={batch_size} must be a multiple of the {num_devices} devices "
+    f"(e.g. {max(num_devices, batch_size // num_devices * num_devices)})."
+  )
 
 
 class DataParallel:
@@ -54,8 +58,9 @@ class DataParallel:
     # Auto axes: XLA propagates the batch sharding through any model, so the
     # step needs no sharding annotations of its own.
     # pmap shards over an axis of this name too, so one mesh serves both modes.
-    self.mesh = jax.make_mesh((self.num_devices,), (MESH_AXIS,),
-                              axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+    self.mesh = jax.make_mesh(
+      (self.num_devices,), (MESH_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(MESH_AXIS))
 
@@ -103,11 +108,13 @@ class DataParallel:
     def gather(dataset, indices, flips=None):
       batch = {k: v[indices] for k, v in dataset.items()}
       if flips is not None:
-        batch["image"] = jnp.where(flips[:, None, None, None], batch["image"][:, :, ::-1],
-                                   batch["image"])
+        batch["image"] = jnp.where(
+          flips[:, None, None, None], batch["image"][:, :, ::-1], batch["image"]
+        )
       if pmap:
         batch = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
       return batch
+
     return jax.jit(gather, out_shardings=self.sharded)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -117,24 +124,30 @@ class DataParallel:
     return jax.device_put(batch, self.sharded)
 
   # ---- compilation -----------------------------------------------------------
-  def compile_train(self, train_step: Callable, state, batch, rng
-                    ) -> tuple[Callable, float]:
+  def compile_train(self, train_step: Callable, state, batch, rng) -> tuple[Callable, float]:
     """AOT-compiles `train_step(state, batch, rng) -> (state, metrics)` with the
     state donated (jit mode). Returns (step, compile seconds); the step's metrics are
     global sums without a device axis in both modes."""
     start = time.perf_counter()
     if self.mode == "jit":
-      step = jax.jit(train_step, donate_argnums=0,
-                     out_shardings=self.replicated).lower(state, batch, rng).compile()
+      step = (
+        jax.jit(train_step, donate_argnums=0, out_shardings=self.replicated)
+        .lower(state, batch, rng)
+        .compile()
+      )
       return step, time.perf_counter() - start
     # No donation under pmap: with it, jax 0.10's pmap on CPU intermittently
     # aborted while reading the returned state (seen once in four CI runs).
-    compiled = jax.pmap(train_step, axis_name=PMAP_AXIS, in_axes=(0, 0, None)
-                        ).lower(state, batch, rng).compile()
+    compiled = (
+      jax.pmap(train_step, axis_name=PMAP_AXIS, in_axes=(0, 0, None))
+      .lower(state, batch, rng)
+      .compile()
+    )
 
     def step(state, batch, rng):
       state, metrics = compiled(state, batch, rng)
       return state, _first_device(metrics)  # psum'd: every device holds the total
+
     return step, time.perf_counter() - start
 
   def compile_eval(self, eval_step: Callable, state, batch) -> tuple[Callable, float]:
@@ -148,8 +161,8 @@ class DataParallel:
 
     def step(state, batch):
       metrics, per_example = compiled(state, batch)
-      return _first_device(metrics), jax.tree.map(lambda x: _whole(x).reshape(-1),
-                                                  per_example)
+      return _first_device(metrics), jax.tree.map(lambda x: _whole(x).reshape(-1), per_example)
+
     return step, time.perf_counter() - start
 
 
@@ -159,6 +172,7 @@ def _whole(x: jax.Array) -> jax.Array | np.ndarray:
   if x.is_fully_addressable:
     return x
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(x, tiled=True)
 
 

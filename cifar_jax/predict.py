@@ -29,6 +29,7 @@ with `--output` writes the same as JSON lines (`{"file": FILE, "predictions":
 `load_trained` (the model, the weights, the step) and `probabilities_fn` (uint8
 images -> class probabilities) are also what cifar_jax.export serialises.
 """
+
 from __future__ import annotations
 
 import csv
@@ -75,6 +76,7 @@ class PredictError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Trained:
   """A run's model in its float32 XLA form with the weights of one checkpoint."""
+
   config: ml_collections.ConfigDict
   model: nn.Module
   variables: dict[str, Any]  # {"params", "batch_stats"}: the EMA ones when `weights` is "ema"
@@ -91,8 +93,7 @@ class Trained:
     return f"{self.config.model.name} step {self.step} ({weights}{scored})"
 
 
-def load_config(workdir: str | Path, config_file: str | None = None
-                ) -> ml_collections.ConfigDict:
+def load_config(workdir: str | Path, config_file: str | None = None) -> ml_collections.ConfigDict:
   """`config_file` (a .json config, or a config .py with an optional
   `:variant`), else the config.json the training run wrote into `workdir`."""
   if config_file:
@@ -100,8 +101,10 @@ def load_config(workdir: str | Path, config_file: str | None = None
     if not Path(path).is_file() and ":" in path:
       path, variant = path.rsplit(":", 1)
     if not Path(path).is_file():
-      raise PredictError(f"--config={config_file}: no such file; pass a workdir's "
-                         "config.json or a config file such as configs/resnet18.py.")
+      raise PredictError(
+        f"--config={config_file}: no such file; pass a workdir's "
+        "config.json or a config file such as configs/resnet18.py."
+      )
     if path.endswith(".json"):
       return _read_json_config(Path(path))
     spec = importlib.util.spec_from_file_location("_predict_config", path)
@@ -112,8 +115,9 @@ def load_config(workdir: str | Path, config_file: str | None = None
   if not path.is_file():
     if not _saved_steps(workdir):
       raise checkpoint.NoCheckpointError(no_checkpoint_message(workdir))
-    raise PredictError(f"{path} is missing: pass --config=FILE with the config the run "
-                       "was trained with.")
+    raise PredictError(
+      f"{path} is missing: pass --config=FILE with the config the run was trained with."
+    )
   return _read_json_config(path)
 
 
@@ -121,13 +125,17 @@ def _read_json_config(path: Path) -> ml_collections.ConfigDict:
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except (OSError, ValueError) as e:
-    raise PredictError(f"cannot read the config {path} ({e}); pass --config=FILE "
-                       "with the config the run was trained with.") from None
+    raise PredictError(
+      f"cannot read the config {path} ({e}); pass --config=FILE "
+      "with the config the run was trained with."
+    ) from None
 
 
 def no_checkpoint_message(workdir: str | Path) -> str:
-  return (f"No checkpoint in {Path(workdir).absolute()}: train first with `python -m "
-          f"cifar_jax.main --config=configs/<model>.py --workdir={workdir}`.")
+  return (
+    f"No checkpoint in {Path(workdir).absolute()}: train first with `python -m "
+    f"cifar_jax.main --config=configs/<model>.py --workdir={workdir}`."
+  )
 
 
 def _saved_steps(workdir: str | Path) -> list[int]:
@@ -138,8 +146,13 @@ def _saved_steps(workdir: str | Path) -> list[int]:
     ckpt.close()
 
 
-def load_trained(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
-                 step: int | None = None, which: str = "best_or_latest") -> Trained:
+def load_trained(
+  workdir: str | Path,
+  config: ml_collections.ConfigDict | None = None,
+  *,
+  step: int | None = None,
+  which: str = "best_or_latest",
+) -> Trained:
   """The model of `workdir`'s run (`config`, default its config.json) in its
   float32 XLA form, with the weights of checkpoint `which` (or of `step`):
   the EMA ones if it trained with `ema_decay`."""
@@ -158,18 +171,26 @@ def load_trained(workdir: str | Path, config: ml_collections.ConfigDict | None =
     ckpt.close()
   if restored is None:
     if step is not None and saved:
-      raise PredictError(f"{workdir} has no readable checkpoint of step {step}; its "
-                         f"checkpoints are of steps {', '.join(map(str, saved))}: pass "
-                         "one of them to --step, or leave --step out for the best.")
+      raise PredictError(
+        f"{workdir} has no readable checkpoint of step {step}; its "
+        f"checkpoints are of steps {', '.join(map(str, saved))}: pass "
+        "one of them to --step, or leave --step out for the best."
+      )
     raise checkpoint.NoCheckpointError(no_checkpoint_message(workdir))
   state, meta = restored
   use_ema = bool(config.ema_decay)
-  variables = (dict(state.ema) if use_ema else
-               {"params": state.params, "batch_stats": state.batch_stats})
-  return Trained(config=config, model=run.model, variables=variables,
-                 weights="ema" if use_ema else "params",
-                 step=int(meta.get("step", int(state.step))), meta=meta,
-                 class_names=class_names(config.dataset.num_classes))
+  variables = (
+    dict(state.ema) if use_ema else {"params": state.params, "batch_stats": state.batch_stats}
+  )
+  return Trained(
+    config=config,
+    model=run.model,
+    variables=variables,
+    weights="ema" if use_ema else "params",
+    step=int(meta.get("step", int(state.step))),
+    meta=meta,
+    class_names=class_names(config.dataset.num_classes),
+  )
 
 
 def class_names(num_classes: int) -> tuple[str, ...]:
@@ -178,8 +199,7 @@ def class_names(num_classes: int) -> tuple[str, ...]:
   return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def probabilities_fn(model: nn.Module, tta: str = "none"
-                     ) -> Callable[[Any, jax.Array], jax.Array]:
+def probabilities_fn(model: nn.Module, tta: str = "none") -> Callable[[Any, jax.Array], jax.Array]:
   """fn(variables, uint8 images (N, 32, 32, 3)) -> float32 probabilities
   (N, num_classes), averaged over the `tta` views as `steps.eval_step` does."""
   if tta not in augment.TTA_MODES:
@@ -187,9 +207,14 @@ def probabilities_fn(model: nn.Module, tta: str = "none"
 
   def fn(variables, images):
     views = augment.tta_views(steps.to_unit_float(images), tta)
-    log_probs = [jax.nn.log_softmax(model.apply(variables, steps.normalize(v), train=False)
-                                    .astype(jnp.float32)) for v in views]
+    log_probs = [
+      jax.nn.log_softmax(
+        model.apply(variables, steps.normalize(v), train=False).astype(jnp.float32)
+      )
+      for v in views
+    ]
     return jnp.exp(jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(len(views)))
+
   return fn
 
 
@@ -202,11 +227,13 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
   problems: list[str] = []
   for item in map(Path, inputs):
     if item.is_dir():
-      found = sorted(p for p in item.rglob("*")
-                     if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+      found = sorted(
+        p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+      )
       if not found:
-        problems.append(f"the folder {item} holds no .png, .jpg or .jpeg file "
-                        "(searched recursively)")
+        problems.append(
+          f"the folder {item} holds no .png, .jpg or .jpeg file (searched recursively)"
+        )
       files += found
     elif item.is_file():
       files.append(item)
@@ -249,8 +276,14 @@ class Prediction:
   error: str | None = None  # why the file could not be read (predictions None)
 
 
-def predict_files(trained: Trained, files: Sequence[str | Path], *, top_k: int = 3,
-                  batch_size: int = 64, tta: str | None = None) -> Iterator[Prediction]:
+def predict_files(
+  trained: Trained,
+  files: Sequence[str | Path],
+  *,
+  top_k: int = 3,
+  batch_size: int = 64,
+  tta: str | None = None,
+) -> Iterator[Prediction]:
   """A Prediction per file, in order, computed `batch_size` images at a time;
   an unreadable file gives one with its `error` instead."""
   fn = jax.jit(probabilities_fn(trained.model, trained.config.tta if tta is None else tta))
@@ -258,7 +291,7 @@ def predict_files(trained: Trained, files: Sequence[str | Path], *, top_k: int =
   batch_size = max(1, min(batch_size, len(files)))
   top_k = max(1, min(top_k, len(trained.class_names)))
   for start in range(0, len(files), batch_size):
-    chunk = [Path(f) for f in files[start:start + batch_size]]
+    chunk = [Path(f) for f in files[start : start + batch_size]]
     images, errors = {}, {}
     for i, path in enumerate(chunk):
       image, error = _try_read(path)
@@ -269,7 +302,7 @@ def predict_files(trained: Trained, files: Sequence[str | Path], *, top_k: int =
     probs = None
     if images:
       batch = np.zeros((batch_size,) + input_pipeline.IMAGE_SHAPE, np.uint8)
-      batch[:len(images)] = np.stack(list(images.values()))
+      batch[: len(images)] = np.stack(list(images.values()))
       probs = np.asarray(fn(trained.variables, batch))
     rows = {i: row for row, i in enumerate(images)}
     for i, path in enumerate(chunk):
@@ -278,8 +311,9 @@ def predict_files(trained: Trained, files: Sequence[str | Path], *, top_k: int =
         continue
       p = probs[rows[i]]
       best = np.argsort(-p, kind="stable")[:top_k]
-      yield Prediction(str(path), [{"class": trained.class_names[c],
-                                    "probability": float(p[c])} for c in best])
+      yield Prediction(
+        str(path), [{"class": trained.class_names[c], "probability": float(p[c])} for c in best]
+      )
 
 
 class OutputWriter:
@@ -302,8 +336,9 @@ class OutputWriter:
       for rank, p in enumerate(prediction.predictions, 1):
         self._csv.writerow([prediction.file, rank, p["class"], p["probability"]])
     else:
-      self._file.write(json.dumps({"file": prediction.file,
-                                   "predictions": prediction.predictions}) + "\n")
+      self._file.write(
+        json.dumps({"file": prediction.file, "predictions": prediction.predictions}) + "\n"
+      )
 
   def close(self) -> None:
     self._file.close()
@@ -312,34 +347,51 @@ class OutputWriter:
 def check_output_path(path: str | Path) -> str:
   suffix = Path(path).suffix.lower()
   if suffix not in OUTPUT_SUFFIXES:
-    raise PredictError(f"--output={path}: the file name must end in .jsonl or .csv "
-                       "(the format is taken from it).")
+    raise PredictError(
+      f"--output={path}: the file name must end in .jsonl or .csv (the format is taken from it)."
+    )
   return suffix
 
 
 def format_line(prediction: Prediction) -> str:
   return f"{prediction.file}: " + ", ".join(
-      f"{p['class']} {p['probability']:.3f}" for p in prediction.predictions)
+    f"{p['class']} {p['probability']:.3f}" for p in prediction.predictions
+  )
 
 
 # ---- command line -----------------------------------------------------------------
 # Flag values of its own, not absl's global ones: tests call `main` in a
 # process that also holds cifar_jax.main's required flags.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("workdir", None, "The training run's directory (config.json, checkpoints).",
-                    flag_values=FLAGS)
-flags.DEFINE_string("config", None, "Use this config (a .json, or a .py[:variant] config "
-                    "file) instead of the workdir's config.json.", flag_values=FLAGS)
-flags.DEFINE_integer("top_k", 3, "How many classes to print per image, best first.",
-                     lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_string("output", None, "Also write the predictions to this .jsonl or .csv file.",
-                    flag_values=FLAGS)
-flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1,
-                     flag_values=FLAGS)
-flags.DEFINE_integer("step", None, "Use the checkpoint of this step (default: the best "
-                     "checkpoint, else the latest).", flag_values=FLAGS)
-flags.DEFINE_enum("tta", None, list(augment.TTA_MODES), "Test-time augmentation (default: "
-                  "the config's tta).", flag_values=FLAGS)
+flags.DEFINE_string(
+  "workdir", None, "The training run's directory (config.json, checkpoints).", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "config",
+  None,
+  "Use this config (a .json, or a .py[:variant] config file) instead of the workdir's config.json.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+  "top_k", 3, "How many classes to print per image, best first.", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "output", None, "Also write the predictions to this .jsonl or .csv file.", flag_values=FLAGS
+)
+flags.DEFINE_integer("batch_size", 64, "Images per forward pass.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer(
+  "step",
+  None,
+  "Use the checkpoint of this step (default: the best checkpoint, else the latest).",
+  flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+  "tta",
+  None,
+  list(augment.TTA_MODES),
+  "Test-time augmentation (default: the config's tta).",
+  flag_values=FLAGS,
+)
 flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
@@ -359,8 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(inputs: list[str]) -> int:
   if not inputs:
-    raise PredictError("no images: pass image files and/or folders after the flags, e.g. "
-                       f"`python -m {PROG} --workdir=runs/r18 photo.jpg pictures/`.")
+    raise PredictError(
+      "no images: pass image files and/or folders after the flags, e.g. "
+      f"`python -m {PROG} --workdir=runs/r18 photo.jpg pictures/`."
+    )
   if FLAGS.output:
     check_output_path(FLAGS.output)
   files, problems = find_images(inputs)
@@ -371,13 +425,13 @@ def _main(inputs: list[str]) -> int:
   config = load_config(FLAGS.workdir, FLAGS.config)
   trained = load_trained(FLAGS.workdir, config, step=FLAGS.step)
   tta = FLAGS.tta or trained.config.tta
-  print(f"{trained.description}, tta={tta}: classifying {len(files)} file(s)",
-        file=sys.stderr)
+  print(f"{trained.description}, tta={tta}: classifying {len(files)} file(s)", file=sys.stderr)
   writer = OutputWriter(FLAGS.output) if FLAGS.output else None
   unreadable = 0
   try:
-    for prediction in predict_files(trained, files, top_k=FLAGS.top_k,
-                                    batch_size=FLAGS.batch_size, tta=tta):
+    for prediction in predict_files(
+      trained, files, top_k=FLAGS.top_k, batch_size=FLAGS.batch_size, tta=tta
+    ):
       if prediction.error is not None:
         unreadable += 1
         _warn(f"cannot read {prediction.file} ({prediction.error}); skipped it.")
@@ -389,11 +443,11 @@ def _main(inputs: list[str]) -> int:
     if writer is not None:
       writer.close()
   if unreadable == len(files):
-    raise PredictError(f"none of the {len(files)} file(s) could be read as an image: "
-                       "pass PNG or JPEG files.")
+    raise PredictError(
+      f"none of the {len(files)} file(s) could be read as an image: pass PNG or JPEG files."
+    )
   if writer is not None:
-    print(f"Wrote {len(files) - unreadable} prediction(s) to {FLAGS.output}",
-          file=sys.stderr)
+    print(f"Wrote {len(files) - unreadable} prediction(s) to {FLAGS.output}", file=sys.stderr)
   return 0
 
 

@@ -6,10 +6,12 @@ through `read`, which keeps every line that is a record and reports the
 others (typically a last line torn by a kill) for the caller to warn about.
 jax-free, so that the report starts fast.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, TypedDict
+from typing import NamedTuple
+from typing import TypedDict
 
 from cifar_jax import workdir as workdir_lib
 
@@ -20,6 +22,7 @@ class EpochRecord(TypedDict, total=False):
   """One finished epoch. `epoch` (1-based) and `step` (total steps so far)
   are always there; the eval keys only in epochs that evaluated, `compile_s`
   only in the first epoch of a process."""
+
   epoch: int
   step: int
   train_loss: float
@@ -36,8 +39,15 @@ class EpochRecord(TypedDict, total=False):
 
 REQUIRED_KEYS = ("epoch", "step")
 # What the loop's one-line summary of an epoch shows, in order.
-SUMMARY_KEYS = ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-                "ema_eval_accuracy", "learning_rate", "train_img_per_s")
+SUMMARY_KEYS = (
+  "train_loss",
+  "train_accuracy",
+  "eval_loss",
+  "eval_accuracy",
+  "ema_eval_accuracy",
+  "learning_rate",
+  "train_img_per_s",
+)
 
 
 class MetricsFile(NamedTuple):
@@ -66,6 +76,5 @@ def read(workdir: str | Path) -> MetricsFile:
 
 def summary_line(record: EpochRecord) -> str:
   parts = [f"epoch {record['epoch']}", f"step {record['step']}"]
-  parts += [f"{key} {record[key]:.4g}" for key in SUMMARY_KEYS
-            if record.get(key) is not None]
+  parts += [f"{key} {record[key]:.4g}" for key in SUMMARY_KEYS if record.get(key) is not None]
   return " | ".join(parts)

@@ -9,13 +9,15 @@ pure steps of steps.py with their options bound from the config. Training,
 so what a model computes and how it is compiled depends only on the config
 and these arguments.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -41,18 +43,25 @@ DATA_INIT_IMAGES = 5000
 
 
 # ---- the pieces ---------------------------------------------------------------
-def create_model(config: ml_collections.ConfigDict,
-                 compute: precision.Compute = precision.XLA_FORM,
-                 bn_axis_name: str | None = None) -> nn.Module:
+def create_model(
+  config: ml_collections.ConfigDict,
+  compute: precision.Compute = precision.XLA_FORM,
+  bn_axis_name: str | None = None,
+) -> nn.Module:
   """The model named by `config.model.name`; other `model.*` keys are options.
 
   `compute` (from `precision.choose`) gives its dtype and convolutions; the
   default, `precision.XLA_FORM`, is the float32 XLA form (FLOPs, export, tests).
   """
   options = {k: v for k, v in config.model.items() if k != "name"}
-  return models.get_model(config.model.name, num_classes=config.dataset.num_classes,
-                          dtype=compute.dtype, bn_axis_name=bn_axis_name,
-                          conv_general_dilated=compute.conv_general_dilated, **options)
+  return models.get_model(
+    config.model.name,
+    num_classes=config.dataset.num_classes,
+    dtype=compute.dtype,
+    bn_axis_name=bn_axis_name,
+    conv_general_dilated=compute.conv_general_dilated,
+    **options,
+  )
 
 
 def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
@@ -61,14 +70,20 @@ def init_variables(model: nn.Module, rng: jax.Array) -> dict[str, Any]:
   # It runs once, so LLVM's optimisations cost more than they save: without
   # them the init of resnet18 compiles in 1.6 s instead of 6.0 (swin_tiny 6.6
   # instead of 12.1) on the 2-core development CPU.
-  init = jax.jit(functools.partial(model.init, train=False)).lower(rngs, dummy).compile(
-      compiler_options={"xla_backend_optimization_level": 0})
+  init = (
+    jax.jit(functools.partial(model.init, train=False))
+    .lower(rngs, dummy)
+    .compile(compiler_options={"xla_backend_optimization_level": 0})
+  )
   return init(rngs, dummy)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       tx: optax.GradientTransformation,
-                       init_images: np.ndarray | None = None) -> steps.TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  init_images: np.ndarray | None = None,
+) -> steps.TrainState:
   """A fresh state; everything random derives from `config.seed`.
 
   `init_images` (uint8 training images) feed the model's data-dependent
@@ -85,16 +100,23 @@ def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
   params = variables["params"]
   batch_stats = variables.get("batch_stats", {})
   # A copy, not an alias: the state is donated, and a buffer donated twice crashes.
-  ema = (jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
-         if config.ema_decay else {})
-  return steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                                 batch_stats=batch_stats, rng=run_rng, ema=ema)
+  ema = (
+    jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
+    if config.ema_decay
+    else {}
+  )
+  return steps.TrainState.create(
+    apply_fn=model.apply, params=params, tx=tx, batch_stats=batch_stats, rng=run_rng, ema=ema
+  )
 
 
 def model_meta(config: ml_collections.ConfigDict, params: Any) -> dict[str, Any]:
   """Identifies the model a checkpoint belongs to."""
-  return {"model": config.model.name, "model_options": config.model.to_dict(),
-          "param_count": summary.count_params(params)}
+  return {
+    "model": config.model.name,
+    "model_options": config.model.to_dict(),
+    "param_count": summary.count_params(params),
+  }
 
 
 def setup_compilation_cache(config: ml_collections.ConfigDict) -> None:
@@ -110,12 +132,14 @@ def setup_compilation_cache(config: ml_collections.ConfigDict) -> None:
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where and how a run computes: the devices and mode, the dtype and convolutions."""
+
   par: parallel_lib.DataParallel
   compute: precision.Compute
 
 
-def choose_layout(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
-                  announce: bool = True) -> Layout:
+def choose_layout(
+  config: ml_collections.ConfigDict, *, num_devices: int | None = None, announce: bool = True
+) -> Layout:
   """Checks `config` whole, then picks the layout; fails fast with the keys
   to fix, or the reason the machine cannot honour `conv_backend`. Prints the
   compute choice in one line when `announce`."""
@@ -136,6 +160,7 @@ class Run:
   `state` is a host/single-device state (a template to restore a checkpoint
   into); `place` puts any such state into the layout the compiled steps take.
   """
+
   config: ml_collections.ConfigDict
   layout: Layout
   model: nn.Module
@@ -169,41 +194,65 @@ class Run:
     """The whole split on the devices, to gather batches from."""
     return self.par.put_dataset({"image": split.images, "label": split.labels})
 
-  def training_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]
-                      ) -> tuple[jax.Array, jax.Array]:
+  def training_inputs(
+    self, rng: jax.Array, batch: dict[str, jax.Array]
+  ) -> tuple[jax.Array, jax.Array]:
     """What the train step feeds the model (augmented, normalised images and
     targets), alone: the benchmark times it."""
-    return steps.training_inputs(rng, batch, augment_fn=self.augment_fn,
-                                 num_classes=self.config.dataset.num_classes,
-                                 label_smoothing=self.config.label_smoothing)
+    return steps.training_inputs(
+      rng,
+      batch,
+      augment_fn=self.augment_fn,
+      num_classes=self.config.dataset.num_classes,
+      label_smoothing=self.config.label_smoothing,
+    )
 
-  def compile_train(self, state: steps.TrainState, data: dict[str, jax.Array]
-                    ) -> tuple[Callable, float]:
+  def compile_train(
+    self, state: steps.TrainState, data: dict[str, jax.Array]
+  ) -> tuple[Callable, float]:
     """`steps.train_step` with the config's options, compiled for placed
     `state` and batches gathered from `data`; returns (step, seconds)."""
     c = self.config
     step_fn = functools.partial(
-        steps.train_step, augment_fn=self.augment_fn, num_classes=c.dataset.num_classes,
-        label_smoothing=c.label_smoothing, ema_decay=c.ema_decay,
-        axis_name=self.par.axis_name)
+      steps.train_step,
+      augment_fn=self.augment_fn,
+      num_classes=c.dataset.num_classes,
+      label_smoothing=c.label_smoothing,
+      ema_decay=c.ema_decay,
+      axis_name=self.par.axis_name,
+    )
     example_batch = self.gather(data, np.zeros(c.batch_size, np.int32))
     example_rng = jax.random.fold_in(self.state.rng, 0)  # a step key's shape and dtype
     return self.par.compile_train(step_fn, state, example_batch, example_rng)
 
-  def evaluator(self, split: input_pipeline.ArraySplit, state: steps.TrainState, *,
-                use_ema: bool = False, tta: str | None = None,
-                data: dict[str, jax.Array] | None = None) -> evaluator_lib.Evaluator:
+  def evaluator(
+    self,
+    split: input_pipeline.ArraySplit,
+    state: steps.TrainState,
+    *,
+    use_ema: bool = False,
+    tta: str | None = None,
+    data: dict[str, jax.Array] | None = None,
+  ) -> evaluator_lib.Evaluator:
     """An exact evaluator of `split` for placed `state` (`tta` None: the config's)."""
     c = self.config
-    step_fn = functools.partial(steps.eval_step, num_classes=c.dataset.num_classes,
-                                tta=c.tta if tta is None else tta, use_ema=use_ema,
-                                axis_name=self.par.axis_name)
-    return evaluator_lib.Evaluator(self.par, step_fn, split, state, c.eval_batch_size,
-                                   data=data)
+    step_fn = functools.partial(
+      steps.eval_step,
+      num_classes=c.dataset.num_classes,
+      tta=c.tta if tta is None else tta,
+      use_ema=use_ema,
+      axis_name=self.par.axis_name,
+    )
+    return evaluator_lib.Evaluator(self.par, step_fn, split, state, c.eval_batch_size, data=data)
 
 
-def build_run(config: ml_collections.ConfigDict, *, num_train_examples: int | None = None,
-              init_images: np.ndarray | None = None, layout: Layout | None = None) -> Run:
+def build_run(
+  config: ml_collections.ConfigDict,
+  *,
+  num_train_examples: int | None = None,
+  init_images: np.ndarray | None = None,
+  layout: Layout | None = None,
+) -> Run:
   """Assembles `config`'s run (see the module docstring).
 
   `num_train_examples` sizes the schedule (None: one step per epoch, for
@@ -213,10 +262,20 @@ def build_run(config: ml_collections.ConfigDict, *, num_train_examples: int | No
   """
   layout = layout or choose_layout(config)
   model = create_model(config, layout.compute, layout.par.axis_name)
-  steps_in_epoch = (1 if num_train_examples is None
-                    else optim.steps_per_epoch(num_train_examples, config.batch_size))
+  steps_in_epoch = (
+    1
+    if num_train_examples is None
+    else optim.steps_per_epoch(num_train_examples, config.batch_size)
+  )
   tx, learning_rate_fn = optim.create_optimizer(config, steps_in_epoch)
   state = create_train_state(config, model, tx, init_images=init_images)
-  return Run(config=config, layout=layout, model=model, tx=tx,
-             learning_rate_fn=learning_rate_fn, steps_in_epoch=steps_in_epoch,
-             state=state, meta=model_meta(config, state.params))
+  return Run(
+    config=config,
+    layout=layout,
+    model=model,
+    tx=tx,
+    learning_rate_fn=learning_rate_fn,
+    steps_in_epoch=steps_in_epoch,
+    state=state,
+    meta=model_meta(config, state.params),
+  )

@@ -7,6 +7,7 @@ functions; `run.build_run` binds their options from the config and
 uint8 images: augmentation and normalisation happen inside the step, on the
 device. Metrics are sums (see metrics.py), fetched to the host only when logged.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,6 +25,7 @@ from cifar_jax import metrics as metrics_lib
 class TrainState(train_state.TrainState):
   """Params, optimizer state and step (from flax) plus BatchNorm statistics,
   the base PRNG key of the run and the EMA weights ({} when EMA is off)."""
+
   batch_stats: Any = None
   rng: jax.Array = None
   ema: Any = None
@@ -45,21 +47,34 @@ def to_unit_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0
 
 
-def training_inputs(rng: jax.Array, batch: dict[str, jax.Array], *,
-                    augment_fn: augment.Augment, num_classes: int,
-                    label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def training_inputs(
+  rng: jax.Array,
+  batch: dict[str, jax.Array],
+  *,
+  augment_fn: augment.Augment,
+  num_classes: int,
+  label_smoothing: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
   """A uint8 batch -> (augmented, normalised images; soft targets)."""
-  images, targets = augment_fn(rng, to_unit_float(batch["image"]),
-                               jax.nn.one_hot(batch["label"], num_classes))
+  images, targets = augment_fn(
+    rng, to_unit_float(batch["image"]), jax.nn.one_hot(batch["label"], num_classes)
+  )
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
   return normalize(images), targets
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               augment_fn: augment.Augment, num_classes: int,
-               label_smoothing: float = 0.0, ema_decay: float = 0.0,
-               axis_name: str | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  augment_fn: augment.Augment,
+  num_classes: int,
+  label_smoothing: float = 0.0,
+  ema_decay: float = 0.0,
+  axis_name: str | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch {'image': uint8 (B,H,W,C), 'label': (B,)}.
 
   Under pmap (`axis_name` set) gradients and metrics are reduced over devices;
@@ -70,13 +85,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   aug_rng, dropout_rng = jax.random.split(rng)
   labels = batch["label"]
-  images, targets = training_inputs(aug_rng, batch, augment_fn=augment_fn,
-                                    num_classes=num_classes, label_smoothing=label_smoothing)
+  images, targets = training_inputs(
+    aug_rng, batch, augment_fn=augment_fn, num_classes=num_classes, label_smoothing=label_smoothing
+  )
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, images, train=True,
-        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      {"params": params, "batch_stats": state.batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_rng},
+    )
     losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
     return losses.mean(), (losses, logits, updates.get("batch_stats", {}))
 
@@ -85,45 +105,62 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     grads = jax.lax.pmean(grads, axis_name)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay:
-    state = state.replace(ema=optax.incremental_update(
-        {"params": state.params, "batch_stats": state.batch_stats}, state.ema,
-        step_size=1.0 - ema_decay))
+    state = state.replace(
+      ema=optax.incremental_update(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        state.ema,
+        step_size=1.0 - ema_decay,
+      )
+    )
 
   loss_sum = losses.sum()
   step_metrics = {
-      "loss_sum": loss_sum,
-      "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-      "count": jnp.asarray(labels.shape[0], jnp.int32),
-      "first_bad_step": jnp.where(jnp.isfinite(loss_sum), metrics_lib.NO_BAD_STEP,
-                                  state.step - 1).astype(jnp.int32),
+    "loss_sum": loss_sum,
+    "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+    "count": jnp.asarray(labels.shape[0], jnp.int32),
+    "first_bad_step": jnp.where(
+      jnp.isfinite(loss_sum), metrics_lib.NO_BAD_STEP, state.step - 1
+    ).astype(jnp.int32),
   }
   if axis_name is not None:
     step_metrics = metrics_lib.reduce_over_devices(step_metrics, axis_name)
   return state, step_metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, num_classes: int,
-              tta: str = "none", use_ema: bool = False, axis_name: str | None = None
-              ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+def eval_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  num_classes: int,
+  tta: str = "none",
+  use_ema: bool = False,
+  axis_name: str | None = None,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Sums of loss, correct and a confusion matrix over the unmasked examples of
   {'image', 'label', 'mask'}, and per example the predicted class and loss.
   With test-time augmentation the class probabilities of all views are
   averaged."""
-  weights = state.ema if use_ema else {"params": state.params,
-                                       "batch_stats": state.batch_stats}
+  weights = state.ema if use_ema else {"params": state.params, "batch_stats": state.batch_stats}
   views = augment.tta_views(to_unit_float(batch["image"]), tta)
-  log_probs = [jax.nn.log_softmax(state.apply_fn(weights, normalize(v), train=False)
-                                  .astype(jnp.float32)) for v in views]
+  log_probs = [
+    jax.nn.log_softmax(state.apply_fn(weights, normalize(v), train=False).astype(jnp.float32))
+    for v in views
+  ]
   log_probs = jax.nn.logsumexp(jnp.stack(log_probs), axis=0) - jnp.log(len(views))
   labels, mask = batch["label"], batch["mask"]
   predictions = jnp.argmax(log_probs, -1)
   losses = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-  confusion = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, num_classes) * mask[:, None],
-                         jax.nn.one_hot(predictions, num_classes))
-  step_metrics = {"loss_sum": jnp.sum(losses * mask),
-                  "correct": jnp.sum((predictions == labels) * mask),
-                  "count": jnp.sum(mask),
-                  "confusion": confusion}
+  confusion = jnp.einsum(
+    "bi,bj->ij",
+    jax.nn.one_hot(labels, num_classes) * mask[:, None],
+    jax.nn.one_hot(predictions, num_classes),
+  )
+  step_metrics = {
+    "loss_sum": jnp.sum(losses * mask),
+    "correct": jnp.sum((predictions == labels) * mask),
+    "count": jnp.sum(mask),
+    "confusion": confusion,
+  }
   if axis_name is not None:
     step_metrics = metrics_lib.reduce_over_devices(step_metrics, axis_name)
   return step_metrics, {"prediction": predictions, "loss": losses}

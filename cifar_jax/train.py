@@ -5,6 +5,7 @@ resumes from the workdir's latest checkpoint, and per epoch runs the steps,
 evaluates, writes the epoch record (records.py) and checkpoints. The steps
 themselves are the pure functions of steps.py; evaluation is evaluator.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import jax
 import ml_collections
@@ -53,8 +55,11 @@ class _StopRequest:
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
     name = "Interrupted" if signum == signal.SIGINT else "Terminated (SIGTERM)"
-    print(f"\n{name}: saving a checkpoint after this step "
-          "(press Ctrl-C again to abort without saving).", file=sys.stderr)
+    print(
+      f"\n{name}: saving a checkpoint after this step "
+      "(press Ctrl-C again to abort without saving).",
+      file=sys.stderr,
+    )
 
   def __exit__(self, *exc):
     for signum, previous in self._previous.items():
@@ -64,16 +69,27 @@ class _StopRequest:
 
 def _progress(total: int, initial: int, desc: str):
   from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False,
-              dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+  return tqdm(
+    total=total,
+    initial=initial,
+    desc=desc,
+    unit="step",
+    leave=False,
+    dynamic_ncols=True,
+    disable=not sys.stderr.isatty(),
+  )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       *, train_split: input_pipeline.ArraySplit | None = None,
-                       eval_split: input_pipeline.ArraySplit | None = None,
-                       stop_after_steps: int | None = None,
-                       epoch_callback: Callable[[records.EpochRecord], bool | None] | None = None
-                       ) -> records.EpochRecord:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str | Path,
+  *,
+  train_split: input_pipeline.ArraySplit | None = None,
+  eval_split: input_pipeline.ArraySplit | None = None,
+  stop_after_steps: int | None = None,
+  epoch_callback: Callable[[records.EpochRecord], bool | None] | None = None,
+) -> records.EpochRecord:
   """Trains `config` into `workdir`, resuming from its latest checkpoint.
 
   Writes config.json, metrics.jsonl (one record per epoch), TensorBoard
@@ -92,24 +108,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   workdir = Path(workdir)
   # One lock per run: across processes the primary holds it for all.
   with workdir_lib.RunLock(workdir) if distributed.is_primary() else contextlib.nullcontext():
-    return _train_and_evaluate(config, workdir, layout, train_split, eval_split,
-                               stop_after_steps, epoch_callback)
+    return _train_and_evaluate(
+      config, workdir, layout, train_split, eval_split, stop_after_steps, epoch_callback
+    )
 
 
-def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_split, eval_split,
-                        stop_after_steps, epoch_callback) -> records.EpochRecord:
+def _train_and_evaluate(
+  config,
+  workdir: Path,
+  layout: run_lib.Layout,
+  train_split,
+  eval_split,
+  stop_after_steps,
+  epoch_callback,
+) -> records.EpochRecord:
   if train_split is None:  # else the caller supplies both; no eval_split: no eval
-    train_split = input_pipeline.load_split(config.dataset.name, config.dataset.train_split,
-                                            config.dataset.data_dir, key="dataset.train_split")
+    train_split = input_pipeline.load_split(
+      config.dataset.name,
+      config.dataset.train_split,
+      config.dataset.data_dir,
+      key="dataset.train_split",
+    )
     if config.dataset.eval_split:
-      eval_split = input_pipeline.load_split(config.dataset.name, config.dataset.eval_split,
-                                             config.dataset.data_dir, key="dataset.eval_split")
+      eval_split = input_pipeline.load_split(
+        config.dataset.name,
+        config.dataset.eval_split,
+        config.dataset.data_dir,
+        key="dataset.eval_split",
+      )
   # A restored checkpoint overwrites the data init's work; it costs ~1 s.
-  run = run_lib.build_run(config, num_train_examples=len(train_split), layout=layout,
-                          init_images=train_split.images[:run_lib.DATA_INIT_IMAGES])
+  run = run_lib.build_run(
+    config,
+    num_train_examples=len(train_split),
+    layout=layout,
+    init_images=train_split.images[: run_lib.DATA_INIT_IMAGES],
+  )
   par, steps_in_epoch = run.par, run.steps_in_epoch
-  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                 keep_best=config.checkpoint.keep_best, meta=run.meta)
+  ckpt = checkpoint.Checkpointer(
+    workdir,
+    max_to_keep=config.checkpoint.max_to_keep,
+    keep_best=config.checkpoint.keep_best,
+    meta=run.meta,
+  )
   state = run.state
   restored = ckpt.restore(state, "latest")
   partial_epoch = None
@@ -120,8 +160,9 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
   step = int(state.step)
   primary = distributed.is_primary()
   if primary:  # only now is the workdir known to hold nothing this config cannot resume
-    workdir_lib.write_atomically(workdir / "config.json",
-                                 config.to_json_best_effort(indent=2) + "\n")
+    workdir_lib.write_atomically(
+      workdir / "config.json", config.to_json_best_effort(indent=2) + "\n"
+    )
     writers.truncate_metrics(workdir, step)
   base_rng = np.asarray(state.rng)
   state = run.place(state)
@@ -138,15 +179,19 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
   if config.hard_mining.enabled:  # measures every training example's loss
     train_loss_evaluator = run.evaluator(train_split, state, tta="none", data=train_data)
     compile_s += train_loss_evaluator.compile_s
-  print(f"{config.model.name}: {run.meta['param_count']:,} parameters, {par.num_devices} "
-        f"device(s) ({par.mode}), {run.compute.dtype_name}, {run.compute.conv_backend} "
-        f"convolutions, {steps_in_epoch} steps/epoch, compiled in {compile_s:.1f}s",
-        file=sys.stderr)
+  print(
+    f"{config.model.name}: {run.meta['param_count']:,} parameters, {par.num_devices} "
+    f"device(s) ({par.mode}), {run.compute.dtype_name}, {run.compute.conv_backend} "
+    f"convolutions, {steps_in_epoch} steps/epoch, compiled in {compile_s:.1f}s",
+    file=sys.stderr,
+  )
 
   if step >= steps_in_epoch * config.num_epochs:
-    print(f"{workdir} already holds a run trained for {config.num_epochs} epochs; "
-          "raise --config.num_epochs to train on, or evaluate it with --mode=eval.",
-          file=sys.stderr)
+    print(
+      f"{workdir} already holds a run trained for {config.num_epochs} epochs; "
+      "raise --config.num_epochs to train on, or evaluate it with --mode=eval.",
+      file=sys.stderr,
+    )
   writer = writers.MetricWriter(workdir, config) if primary else writers.NullWriter()
   record: records.EpochRecord = {}
   stop = _StopRequest()
@@ -157,12 +202,17 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
         weights = None
         if config.hard_mining.enabled and epoch >= config.hard_mining.start_epoch:
           losses = train_loss_evaluator.run(state, per_example=True)[1]["loss"]
-          weights = input_pipeline.mining_weights(losses, config.hard_mining.power,
-                                                  config.hard_mining.uniform_fraction)
-        plan = input_pipeline.train_index_plan(len(train_split), config.batch_size,
-                                               config.seed, epoch, weights)
-        flips = (input_pipeline.alternating_flips(plan, len(train_split), config.seed, epoch)
-                 if config.alternating_flip else None)
+          weights = input_pipeline.mining_weights(
+            losses, config.hard_mining.power, config.hard_mining.uniform_fraction
+          )
+        plan = input_pipeline.train_index_plan(
+          len(train_split), config.batch_size, config.seed, epoch, weights
+        )
+        flips = (
+          input_pipeline.alternating_flips(plan, len(train_split), config.seed, epoch)
+          if config.alternating_flip
+          else None
+        )
         acc = metrics_lib.Accumulator()
         resumed_mid_epoch = step > epoch * steps_in_epoch
         if resumed_mid_epoch and partial_epoch is not None:
@@ -170,8 +220,9 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
         partial_epoch = None
         start = time.perf_counter()
         first_step = step
-        with _progress(steps_in_epoch, step - epoch * steps_in_epoch,
-                       f"epoch {epoch + 1}/{config.num_epochs}") as bar:
+        with _progress(
+          steps_in_epoch, step - epoch * steps_in_epoch, f"epoch {epoch + 1}/{config.num_epochs}"
+        ) as bar:
           for row in range(step - epoch * steps_in_epoch, steps_in_epoch):
             batch = gather(train_data, plan[row], None if flips is None else flips[row])
             state, step_metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
@@ -182,8 +233,10 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
               sums = acc.fetch()
               metrics_lib.check_finite(sums, epoch + 1)
               seen = (step - first_step) * config.batch_size
-              bar.set_postfix(loss=f"{metrics_lib.means(sums)['loss']:.3f}",
-                              img_s=f"{seen / (time.perf_counter() - start):.0f}")
+              bar.set_postfix(
+                loss=f"{metrics_lib.means(sums)['loss']:.3f}",
+                img_s=f"{seen / (time.perf_counter() - start):.0f}",
+              )
             # Every process stops at the same step, whichever was signalled.
             if distributed.agree_any(stop.requested) or step == stop_after_steps:
               stop.requested = True
@@ -199,11 +252,15 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
           break
         epoch_time = time.perf_counter() - start
         train_means = metrics_lib.means(sums)
-        record = {"epoch": epoch + 1, "step": step,
-                  "train_loss": train_means["loss"], "train_accuracy": train_means["accuracy"],
-                  "learning_rate": float(run.learning_rate_fn(step - 1)),
-                  "epoch_time_s": epoch_time,
-                  "train_img_per_s": (step - first_step) * config.batch_size / epoch_time}
+        record = {
+          "epoch": epoch + 1,
+          "step": step,
+          "train_loss": train_means["loss"],
+          "train_accuracy": train_means["accuracy"],
+          "learning_rate": float(run.learning_rate_fn(step - 1)),
+          "epoch_time_s": epoch_time,
+          "train_img_per_s": (step - first_step) * config.batch_size / epoch_time,
+        }
         if epoch == start_epoch:
           record["compile_s"] = compile_s
         last = epoch + 1 == config.num_epochs
@@ -234,5 +291,7 @@ def _train_and_evaluate(config, workdir: Path, layout: run_lib.Layout, train_spl
 
 
 def _say_stopped(step: int, workdir: Path) -> None:
-  print(f"Stopped at step {step}; checkpoint saved in {workdir}. Run the same "
-        "command again to resume.", file=sys.stderr)
+  print(
+    f"Stopped at step {step}; checkpoint saved in {workdir}. Run the same command again to resume.",
+    file=sys.stderr,
+  )

@@ -12,13 +12,17 @@ written so that a kill at any moment leaves the workdir resumable.
   JSON-lines files: metrics.jsonl, the search's trials.jsonl) drops and
   reports.
 """
+
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 from pathlib import Path
-from typing import IO, Any, Callable, NamedTuple
+from typing import IO
+from typing import Any
+from typing import Callable
+from typing import NamedTuple
 
 LOCK_FILE = ".lock"
 
@@ -43,9 +47,10 @@ class RunLock:
       holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
       os.close(fd)
       raise WorkdirBusyError(
-          f"{self.path.parent} is in use by another training run (PID {holder}). "
-          "Wait for it to finish or stop it, or train into another --workdir "
-          "(--mode=eval and cifar_jax.report can read it meanwhile).") from None
+        f"{self.path.parent} is in use by another training run (PID {holder}). "
+        "Wait for it to finish or stop it, or train into another --workdir "
+        "(--mode=eval and cifar_jax.report can read it meanwhile)."
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     self._fd = fd
@@ -83,8 +88,9 @@ class JsonLines(NamedTuple):
   num_lines: int
 
 
-def read_jsonl(path: str | Path, accept: Callable[[dict[str, Any]], bool] = lambda row: True
-               ) -> JsonLines:
+def read_jsonl(
+  path: str | Path, accept: Callable[[dict[str, Any]], bool] = lambda row: True
+) -> JsonLines:
   """The JSON objects of a JSON-lines file (none if it does not exist) that
   `accept` keeps, and the numbers of the lines that are not one: typically a
   last line (number `num_lines`) torn by a kill or a full disk."""

@@ -5,6 +5,7 @@ read by `cifar_jax.report`); TensorBoard event files (TensorFlow's writer) go
 to DIR/tensorboard so that `tensorboard --logdir DIR` works; Weights & Biases is used only when
 `config.wandb.project` is set and `wandb` is installed.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,12 +14,12 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cifar_jax import records
 from cifar_jax import workdir as workdir_lib
+
 
 def file_safe_name(name: str, default: str) -> str:
   """`name` made usable in a file name: 'train[45000:]' -> 'train_45000'."""
@@ -30,10 +31,12 @@ def read_metrics(workdir: str | Path) -> list[records.EpochRecord]:
   records (a torn last line) are dropped with a warning."""
   contents = records.read(workdir)
   if contents.bad_lines:
-    print(f"cifar_jax: warning: {records.metrics_path(workdir)}: dropped line(s) "
-          f"{', '.join(map(str, contents.bad_lines))}, not epoch records (a write cut "
-          "short by a kill or a full disk); the checkpoint says where the run resumes.",
-          file=sys.stderr)
+    print(
+      f"cifar_jax: warning: {records.metrics_path(workdir)}: dropped line(s) "
+      f"{', '.join(map(str, contents.bad_lines))}, not epoch records (a write cut "
+      "short by a kill or a full disk); the checkpoint says where the run resumes.",
+      file=sys.stderr,
+    )
   return contents.records
 
 
@@ -57,6 +60,7 @@ def _tensorboard_writer(logdir: Path):
   """TensorFlow's event writer (TensorFlow is a dependency already, for the
   data), on the CPU: it must not take GPU memory from JAX."""
   import tensorflow as tf
+
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TensorFlow started already (loading the data): it did this then
@@ -77,20 +81,28 @@ class MetricWriter:
       try:
         import wandb
       except ImportError:
-        logging.warning("config.wandb.project is set but wandb is not installed; "
-                        "`pip install wandb` to log there.")
+        logging.warning(
+          "config.wandb.project is set but wandb is not installed; "
+          "`pip install wandb` to log there."
+        )
       else:
-        self._wandb = wandb.init(project=project, mode=config.wandb.mode,
-                                 dir=str(self.workdir), name=self.workdir.name,
-                                 config=config.to_dict(), resume="allow")
+        self._wandb = wandb.init(
+          project=project,
+          mode=config.wandb.mode,
+          dir=str(self.workdir),
+          name=self.workdir.name,
+          config=config.to_dict(),
+          resume="allow",
+        )
 
   def write_epoch(self, record: records.EpochRecord) -> None:
-    workdir_lib.append_line(self._jsonl, json.dumps({k: _json_safe(v)
-                                                     for k, v in record.items()}))
+    workdir_lib.append_line(self._jsonl, json.dumps({k: _json_safe(v) for k, v in record.items()}))
     step = int(record["step"])
-    scalars = {k: v for k, v in record.items()
-               if isinstance(v, (int, float)) and k not in ("step",)}
+    scalars = {
+      k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step",)
+    }
     import tensorflow as tf
+
     with self._tb.as_default(step=step):
       for key, value in scalars.items():
         tf.summary.scalar(key, value)
@@ -101,11 +113,13 @@ class MetricWriter:
   def write_image(self, tag: str, step: int, image: np.ndarray) -> None:
     """`image`: (H, W, 3) uint8."""
     import tensorflow as tf
+
     with self._tb.as_default(step=step):
       tf.summary.image(tag, image[None])
     self._tb.flush()
     if self._wandb is not None:
       import wandb
+
       self._wandb.log({tag: wandb.Image(image)}, step=step)
 
   def close(self) -> None:

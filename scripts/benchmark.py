@@ -10,6 +10,7 @@ Each model runs its cifar_jax/configs/<model>.py (else the base config with
 that model) at --batch, assembled as training assembles it; what is timed is
 described in cifar_jax/benchmark.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,23 +24,33 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_list("models", ["resnet18", "my_cnn"], "Models to time.", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 128, "Global train and eval batch size.", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 10, "Timed train steps per model.", flag_values=FLAGS)
-flags.DEFINE_enum("half_precision", "false", ["true", "false", "auto"],
-                  "config.half_precision: bf16 compute; auto: bf16 where the device has it "
-                  "natively.", flag_values=FLAGS)
+flags.DEFINE_enum(
+  "half_precision",
+  "false",
+  ["true", "false", "auto"],
+  "config.half_precision: bf16 compute; auto: bf16 where the device has it natively.",
+  flag_values=FLAGS,
+)
 flags.DEFINE_enum("parallel", "jit", ["jit", "pmap"], "config.parallel.", flag_values=FLAGS)
-flags.DEFINE_string("conv_backend", "auto",
-                    "Convolution implementation, config.conv_backend: auto, onednn or xla.",
-                    flag_values=FLAGS)
-flags.DEFINE_string("compilation_cache_dir", None,
-                    "Persistent XLA cache (default: the config's; \"\" turns it off).",
-                    flag_values=FLAGS)
-flags.DEFINE_bool("json", False, "One JSON line per model instead of a table.",
-                  flag_values=FLAGS)
+flags.DEFINE_string(
+  "conv_backend",
+  "auto",
+  "Convolution implementation, config.conv_backend: auto, onednn or xla.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  "compilation_cache_dir",
+  None,
+  'Persistent XLA cache (default: the config\'s; "" turns it off).',
+  flag_values=FLAGS,
+)
+flags.DEFINE_bool("json", False, "One JSON line per model instead of a table.", flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   cli.parse_own_flags(FLAGS, argv, "scripts/benchmark.py", __doc__)
   from cifar_jax import benchmark  # jax: after the flags, so --help and errors are fast
+
   rows = []
   for name in FLAGS.models:
     config = benchmark.model_config(name)

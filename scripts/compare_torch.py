@@ -21,6 +21,7 @@ JAX's entry points run glibc malloc with transparent huge pages
 torch_reference.py does on its own, unless `--torch_malloc=huge_pages` gives
 it the same setting, for a like-for-like comparison of the two frameworks.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,30 +40,58 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TORCH_SCRIPT = os.path.join(HERE, "..", "..", "shared", "bench", "torch_reference.py")
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("torch_python", os.path.expanduser("~/.venvs/torchref/bin/python"),
-                    "A Python with torch installed.", flag_values=FLAGS)
-flags.DEFINE_string("torch_script", DEFAULT_TORCH_SCRIPT, "PyTorch's benchmark script.",
-                    flag_values=FLAGS)
-flags.DEFINE_string("torch_mode", "best", "fp32, fp32_cl, bf16_cl, or best: bf16_cl where "
-                    "the CPU has native bf16, else fp32_cl.", flag_values=FLAGS)
+flags.DEFINE_string(
+  "torch_python",
+  os.path.expanduser("~/.venvs/torchref/bin/python"),
+  "A Python with torch installed.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  "torch_script", DEFAULT_TORCH_SCRIPT, "PyTorch's benchmark script.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "torch_mode",
+  "best",
+  "fp32, fp32_cl, bf16_cl, or best: bf16_cl where the CPU has native bf16, else fp32_cl.",
+  flag_values=FLAGS,
+)
 flags.DEFINE_list("models", ["resnet18", "my_cnn"], "Models to compare.", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 128, "Batch size of both.", flag_values=FLAGS)
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement.", flag_values=FLAGS)
 flags.DEFINE_integer("rounds", 2, "Back-to-back rounds of every model.", flag_values=FLAGS)
-flags.DEFINE_enum("torch_malloc", "default", ["default", "huge_pages"],
-                  "PyTorch's glibc malloc: default, or with transparent huge pages as JAX's "
-                  "entry points use.", flag_values=FLAGS)
-flags.DEFINE_enum("half_precision", "auto", ["true", "false", "auto"],
-                  "JAX's config.half_precision.", flag_values=FLAGS)
-flags.DEFINE_string("isa", None, "ONEDNN_MAX_CPU_ISA for both frameworks, e.g. AVX2.",
-                    flag_values=FLAGS)
-flags.DEFINE_list("conv_backends", ["auto"],
-                  "JAX convolution backends to time (auto, onednn, xla).", flag_values=FLAGS)
+flags.DEFINE_enum(
+  "torch_malloc",
+  "default",
+  ["default", "huge_pages"],
+  "PyTorch's glibc malloc: default, or with transparent huge pages as JAX's entry points use.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+  "half_precision",
+  "auto",
+  ["true", "false", "auto"],
+  "JAX's config.half_precision.",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string(
+  "isa", None, "ONEDNN_MAX_CPU_ISA for both frameworks, e.g. AVX2.", flag_values=FLAGS
+)
+flags.DEFINE_list(
+  "conv_backends",
+  ["auto"],
+  "JAX convolution backends to time (auto, onednn, xla).",
+  flag_values=FLAGS,
+)
 
 
 def _run_json_lines(cmd: list[str], env: dict[str, str] | None = None) -> list[dict]:
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                       env=dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+  out = subprocess.run(
+    cmd,
+    check=True,
+    capture_output=True,
+    text=True,
+    env=dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+  ).stdout
   return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -72,8 +101,9 @@ def torch_environment(malloc: str) -> dict[str, str]:
   if malloc not in ("default", "huge_pages"):
     raise ValueError(f"--torch_malloc={malloc!r}: use 'default' or 'huge_pages'.")
   env = dict(os.environ)
-  tunables = host_memory.tunables_with(env.pop(host_memory.TUNABLES_ENV, ""),
-                                       huge_pages=malloc == "huge_pages")
+  tunables = host_memory.tunables_with(
+    env.pop(host_memory.TUNABLES_ENV, ""), huge_pages=malloc == "huge_pages"
+  )
   if tunables:
     env[host_memory.TUNABLES_ENV] = tunables
   return env
@@ -86,41 +116,71 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.isa:
     os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa  # before oneDNN loads, here and in children
   from cifar_jax import precision  # pylint: disable=import-outside-toplevel
+
   machine = precision.Machine.detect()
   torch_mode = args.torch_mode
   if torch_mode == "best":
     torch_mode = "bf16_cl" if machine.native_bf16 else "fp32_cl"
-  print(f"# CPU: {machine.cpu_isa}, native bf16: {machine.native_bf16}; "
-        f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}", flush=True)
+  print(
+    f"# CPU: {machine.cpu_isa}, native bf16: {machine.native_bf16}; "
+    f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}",
+    flush=True,
+  )
   backends = args.conv_backends
   torch_env = torch_environment(args.torch_malloc)
-  ratios: dict[tuple[str, str], list[float]] = {
-      (m, b): [] for m in args.models for b in backends}
+  ratios: dict[tuple[str, str], list[float]] = {(m, b): [] for m in args.models for b in backends}
   for round_index in range(args.rounds):
     for model in args.models:
       jax_rows = []
       for backend in backends:
-        jax_cmd = [sys.executable, os.path.join(HERE, "benchmark.py"), f"--models={model}",
-                   f"--batch={args.batch}", f"--steps={args.steps}", "--json",
-                   f"--conv_backend={backend}"]
+        jax_cmd = [
+          sys.executable,
+          os.path.join(HERE, "benchmark.py"),
+          f"--models={model}",
+          f"--batch={args.batch}",
+          f"--steps={args.steps}",
+          "--json",
+          f"--conv_backend={backend}",
+        ]
         jax_cmd.append(f"--half_precision={args.half_precision}")
         jax_rows.append(_run_json_lines(jax_cmd)[0])
-      torch_row = _run_json_lines([args.torch_python, args.torch_script, f"--models={model}",
-                                   f"--modes={torch_mode}", f"--batch={args.batch}",
-                                   f"--steps={args.steps}"], env=torch_env)[0]
+      torch_row = _run_json_lines(
+        [
+          args.torch_python,
+          args.torch_script,
+          f"--models={model}",
+          f"--modes={torch_mode}",
+          f"--batch={args.batch}",
+          f"--steps={args.steps}",
+        ],
+        env=torch_env,
+      )[0]
       for backend, jax_row in zip(backends, jax_rows):
         ratio = jax_row["img_per_s"] / torch_row["img_per_s"]
         ratios[(model, backend)].append(ratio)
-        print(json.dumps({
-            "round": round_index, "model": model, "jax_img_per_s": jax_row["img_per_s"],
-            "jax_dtype": jax_row["dtype"], "jax_conv": jax_row["conv"],
-            "torch_img_per_s": torch_row["img_per_s"], "torch_mode": torch_mode,
-            "torch_malloc": args.torch_malloc, "cpu_isa": machine.cpu_isa,
-            "ratio": round(ratio, 3)}), flush=True)
+        print(
+          json.dumps(
+            {
+              "round": round_index,
+              "model": model,
+              "jax_img_per_s": jax_row["img_per_s"],
+              "jax_dtype": jax_row["dtype"],
+              "jax_conv": jax_row["conv"],
+              "torch_img_per_s": torch_row["img_per_s"],
+              "torch_mode": torch_mode,
+              "torch_malloc": args.torch_malloc,
+              "cpu_isa": machine.cpu_isa,
+              "ratio": round(ratio, 3),
+            }
+          ),
+          flush=True,
+        )
   print(f"\n{'model':<12} {'conv':<8} {'JAX / PyTorch (' + torch_mode + ')':<28} median")
   for (model, backend), values in ratios.items():
-    print(f"{model:<12} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "
-          f"{statistics.median(values):.2f}")
+    print(
+      f"{model:<12} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "
+      f"{statistics.median(values):.2f}"
+    )
 
 
 if __name__ == "__main__":

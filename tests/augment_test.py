@@ -1,9 +1,11 @@
 """Tests for cifar_jax.augment: parsing, known answers per op, jit and sharding."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from cifar_jax import augment
 
@@ -35,8 +37,9 @@ def _shift(images, dy, dx):
   images = np.asarray(images)
   h, w = images.shape[-3:-1]
   out = np.zeros_like(images)
-  out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0), :] = \
-      images[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0), :]
+  out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0), :] = images[
+    ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0), :
+  ]
   return out
 
 
@@ -46,20 +49,30 @@ def _img(spec, images, seed=0):
 
 # ---- parsing -------------------------------------------------------------------
 
+
 def test_parse_plain_and_nested():
   assert augment.parse("crop(pad=4, mode='reflect')|flip| cutout(size=8)") == [
-      ("crop", {"pad": 4, "mode": "reflect"}), ("flip", {}), ("cutout", {"size": 8})]
+    ("crop", {"pad": 4, "mode": "reflect"}),
+    ("flip", {}),
+    ("cutout", {"size": 8}),
+  ]
   assert augment.parse("") == []
-  ops = augment.parse("random_apply(p=0.3, op='crop(pad=2)|flip')|"
-                      "random_choice(ops=[\"rotate(degrees=(0, 180))\", 'invert'])")
-  assert ops == [("random_apply", {"p": 0.3, "op": "crop(pad=2)|flip"}),
-                 ("random_choice", {"ops": ["rotate(degrees=(0, 180))", "invert"]})]
+  ops = augment.parse(
+    "random_apply(p=0.3, op='crop(pad=2)|flip')|"
+    "random_choice(ops=[\"rotate(degrees=(0, 180))\", 'invert'])"
+  )
+  assert ops == [
+    ("random_apply", {"p": 0.3, "op": "crop(pad=2)|flip"}),
+    ("random_choice", {"ops": ["rotate(degrees=(0, 180))", "invert"]}),
+  ]
   heavy = augment.parse(augment.HEAVY_SPEC)
   assert [name for name, _ in heavy] == ["crop", "random_choice"]
   assert len(heavy[1][1]["ops"]) == 7
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     ("crop|nope", "Unknown augmentation 'nope'"),
     ("crop(pad=", "Bad augmentation op"),
     ("crop(4)", "Bad augmentation op"),
@@ -67,43 +80,81 @@ def test_parse_plain_and_nested():
     ("crop(size=4)", "Bad arguments for augmentation 'crop'"),
     ("random_apply(op='flip|nope')", "Unknown augmentation 'nope'"),
     ("random_choice(ops=['flip', 3])", "must hold spec strings"),
-])
+  ],
+)
 def test_parse_errors(spec, message):
   with pytest.raises(ValueError, match=message):
     augment.parse(spec)
 
 
-@pytest.mark.parametrize("spec", [
-    "flip(p=1.5)", "crop(mode='wrap')", "cutout(size=0)", "rotate(degrees=(10, 0))",
-    "affine(scale=(0, 1))", "perspective(distortion_scale=2)", "posterize(bits=9)",
-    "randaugment(m=31)", "random_choice(ops=[])", "random_choice(ops=['flip'], weights=[1, 2])",
+@pytest.mark.parametrize(
+  "spec",
+  [
+    "flip(p=1.5)",
+    "crop(mode='wrap')",
+    "cutout(size=0)",
+    "rotate(degrees=(10, 0))",
+    "affine(scale=(0, 1))",
+    "perspective(distortion_scale=2)",
+    "posterize(bits=9)",
+    "randaugment(m=31)",
+    "random_choice(ops=[])",
+    "random_choice(ops=['flip'], weights=[1, 2])",
     "jitter(hue=0.7)",
-])
+  ],
+)
 def test_build_rejects_bad_values(spec):
   with pytest.raises(ValueError):
     augment.build(spec)
 
 
 def test_op_names():
-  expected = {"crop", "flip", "cutout", "mixup", "cutmix", "jitter", "rotate", "affine",
-              "perspective", "elastic", "solarize", "invert", "autocontrast", "equalize",
-              "posterize", "randaugment", "random_apply", "random_choice", "identity"}
+  expected = {
+    "crop",
+    "flip",
+    "cutout",
+    "mixup",
+    "cutmix",
+    "jitter",
+    "rotate",
+    "affine",
+    "perspective",
+    "elastic",
+    "solarize",
+    "invert",
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "randaugment",
+    "random_apply",
+    "random_choice",
+    "identity",
+  }
   assert set(augment.OP_NAMES) == expected
 
 
 # ---- every op: jit, shape, dtype, range ------------------------------------------
 
 ALL_OPS = {
-    "crop": "crop(pad=4, mode='reflect')", "flip": "flip", "cutout": "cutout(size=8)",
-    "mixup": "mixup(alpha=1.0)", "cutmix": "cutmix(alpha=1.0)", "jitter": "jitter",
-    "rotate": "rotate(degrees=45)", "affine": "affine(degrees=20, shear=10)",
-    "perspective": "perspective(distortion_scale=0.6, p=1.0)",
-    "elastic": "elastic(alpha=250.0, sigma=10.0)", "solarize": "solarize(threshold=192)",
-    "invert": "invert", "autocontrast": "autocontrast", "equalize": "equalize",
-    "posterize": "posterize(bits=3)", "randaugment": "randaugment(n=2, m=9)",
-    "random_apply": "random_apply(p=0.5, op='rotate|invert')",
-    "random_choice": "random_choice(p=0.8, ops=['invert', 'flip(p=1.0)'], weights=[1, 3])",
-    "identity": "identity",
+  "crop": "crop(pad=4, mode='reflect')",
+  "flip": "flip",
+  "cutout": "cutout(size=8)",
+  "mixup": "mixup(alpha=1.0)",
+  "cutmix": "cutmix(alpha=1.0)",
+  "jitter": "jitter",
+  "rotate": "rotate(degrees=45)",
+  "affine": "affine(degrees=20, shear=10)",
+  "perspective": "perspective(distortion_scale=0.6, p=1.0)",
+  "elastic": "elastic(alpha=250.0, sigma=10.0)",
+  "solarize": "solarize(threshold=192)",
+  "invert": "invert",
+  "autocontrast": "autocontrast",
+  "equalize": "equalize",
+  "posterize": "posterize(bits=3)",
+  "randaugment": "randaugment(n=2, m=9)",
+  "random_apply": "random_apply(p=0.5, op='rotate|invert')",
+  "random_choice": "random_choice(p=0.8, ops=['invert', 'flip(p=1.0)'], weights=[1, 3])",
+  "identity": "identity",
 }
 
 
@@ -123,6 +174,7 @@ def test_op_jits_and_keeps_shape_dtype_range(name):
 
 # ---- known answers ------------------------------------------------------------
 
+
 def test_flip():
   x = _images()
   np.testing.assert_array_equal(_img("flip(p=0.0)", x), x)
@@ -137,8 +189,12 @@ def test_crop():
   pad = 4
   ones = np.ones((32, 32, 3), np.float32)
   for image in out:  # ones shifted by some (dy, dx), zeros in the uncovered strip
-    shifts = [(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
-              if np.array_equal(image, _shift(ones, dy, dx))]
+    shifts = [
+      (dy, dx)
+      for dy in range(-pad, pad + 1)
+      for dx in range(-pad, pad + 1)
+      if np.array_equal(image, _shift(ones, dy, dx))
+    ]
     assert len(shifts) == 1
   reflect = _img("crop(pad=4, mode='reflect')", jnp.full((B, 32, 32, 3), 0.25))
   np.testing.assert_array_equal(reflect, 0.25)
@@ -169,8 +225,9 @@ def test_mixup_targets_and_images_are_convex_combinations():
   assert float(mixed.min()) >= 0
   # Labels are distinct, so the targets name the weights of the two images.
   expected = mixed[:, :B] @ values
-  np.testing.assert_allclose(out, jnp.broadcast_to(expected[:, None, None, None], out.shape),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    out, jnp.broadcast_to(expected[:, None, None, None], out.shape), atol=1e-5
+  )
   assert int(((mixed > 0).sum(axis=1) == 2).sum()) >= B // 2  # most are mixed
 
 
@@ -190,8 +247,9 @@ def test_rotate_known_angles():
   x = _images()
   np.testing.assert_array_equal(_img("rotate(degrees=0)", x), x)
   np.testing.assert_allclose(_img("rotate(degrees=(180, 180))", x), x[:, ::-1, ::-1], atol=1e-4)
-  np.testing.assert_allclose(_img("rotate(degrees=(90, 90))", x),
-                             np.rot90(x, 1, axes=(1, 2)), atol=1e-4)  # counter-clockwise
+  np.testing.assert_allclose(
+    _img("rotate(degrees=(90, 90))", x), np.rot90(x, 1, axes=(1, 2)), atol=1e-4
+  )  # counter-clockwise
 
 
 def test_rotate_draws_per_example_angles():
@@ -205,8 +263,11 @@ def test_affine():
   np.testing.assert_array_equal(_img("affine(translate=(0, 0), scale=(1, 1))", x), x)
   out = _img("affine(translate=(0.1, 0.1), scale=(1, 1))", x)  # whole-pixel shifts
   for image, source in zip(out, x):
-    assert any(np.allclose(image, _shift(source, dy, dx), atol=1e-6)
-               for dy in range(-3, 4) for dx in range(-3, 4))
+    assert any(
+      np.allclose(image, _shift(source, dy, dx), atol=1e-6)
+      for dy in range(-3, 4)
+      for dx in range(-3, 4)
+    )
   half = _img("affine(scale=(0.5, 0.5), translate=(0, 0))", jnp.ones((B, 32, 32, 3)))
   assert (half[:, :7] == 0).all() and (half[:, 10:22, 10:22] == 1).all()
 
@@ -220,14 +281,14 @@ def test_perspective_identity_cases():
 
 
 def test_perspective_maps_moved_corners_to_image_corners():
-  moved = jnp.asarray([[[3, 2], [28, 5], [30, 29], [1, 25]],
-                       [[0, 0], [31, 0], [31, 31], [0, 31]]], jnp.float32)
+  moved = jnp.asarray(
+    [[[3, 2], [28, 5], [30, 29], [1, 25]], [[0, 0], [31, 0], [31, 31], [0, 31]]], jnp.float32
+  )
   to_image = jnp.diag(jnp.asarray([31.0, 31.0, 1.0]))
   matrices = to_image @ augment._adjugate(augment._square_to_quad(moved))
   points = jnp.einsum("bij,bkj->bki", matrices, jnp.concatenate([moved, jnp.ones((2, 4, 1))], -1))
   corners = np.array([[0, 0], [31, 0], [31, 31], [0, 31]])
-  np.testing.assert_allclose(points[..., :2] / points[..., 2:], np.stack([corners] * 2),
-                             atol=1e-4)
+  np.testing.assert_allclose(points[..., :2] / points[..., 2:], np.stack([corners] * 2), atol=1e-4)
 
 
 def test_elastic():
@@ -253,30 +314,36 @@ def test_solarize_and_invert():
   x = _images()
   np.testing.assert_array_equal(_img("solarize(threshold=0)", x), 1 - x)
   np.testing.assert_array_equal(_img("solarize(threshold=256)", x), x)
-  np.testing.assert_array_equal(_img("solarize(threshold=192)", x),
-                                np.where(x >= 192 / 255, 1 - x, x))
+  np.testing.assert_array_equal(
+    _img("solarize(threshold=192)", x), np.where(x >= 192 / 255, 1 - x, x)
+  )
   np.testing.assert_array_equal(_img("invert", x), 1 - x)
   np.testing.assert_allclose(_img("invert|invert", x), x, atol=1e-7)
 
 
 def test_jitter():
   x = _images()
-  np.testing.assert_array_equal(
-      _img("jitter(brightness=0, contrast=0, saturation=0, hue=0)", x), x)
+  np.testing.assert_array_equal(_img("jitter(brightness=0, contrast=0, saturation=0, hue=0)", x), x)
   np.testing.assert_allclose(
-      _img("jitter(brightness=(0.5, 0.5), contrast=0, saturation=0, hue=0)", x), x * 0.5, atol=1e-7)
+    _img("jitter(brightness=(0.5, 0.5), contrast=0, saturation=0, hue=0)", x), x * 0.5, atol=1e-7
+  )
   gray = _img("jitter(brightness=0, contrast=0, saturation=(0, 0), hue=0)", x)
   np.testing.assert_allclose(gray, np.repeat(gray[..., :1], 3, axis=-1), atol=1e-6)
   # Contrast 0 leaves the mean grey level (pure function, no compile).
   flat = np.asarray(augment._contrast(x, jnp.zeros((B,))))
   np.testing.assert_allclose(flat, flat[:, :1, :1].repeat(32, 1).repeat(32, 2), atol=1e-6)
-  np.testing.assert_allclose(flat[:, 0, 0, 0], np.asarray(x @ jnp.asarray([0.299, 0.587, 0.114])).mean(axis=(1, 2)),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    flat[:, 0, 0, 0],
+    np.asarray(x @ jnp.asarray([0.299, 0.587, 0.114])).mean(axis=(1, 2)),
+    atol=1e-6,
+  )
   # A hue shift of 1/3 turns pure red into pure green.
   red = jnp.zeros((B, 32, 32, 3)).at[..., 0].set(1.0)
   np.testing.assert_allclose(
-      _img("jitter(brightness=0, contrast=0, saturation=0, hue=(0.33333334, 0.33333334))", red),
-      np.asarray(red)[..., [2, 0, 1]], atol=1e-5)
+    _img("jitter(brightness=0, contrast=0, saturation=0, hue=(0.33333334, 0.33333334))", red),
+    np.asarray(red)[..., [2, 0, 1]],
+    atol=1e-5,
+  )
 
 
 def test_pixel_ops_match_pil():
@@ -285,9 +352,12 @@ def test_pixel_ops_match_pil():
   u8 = (np.random.default_rng(1).random((4, 32, 32, 3)) ** 2 * 255).astype(np.uint8)
   u8[1, ..., 2] = 7  # a flat channel: equalize and autocontrast leave it alone
   x = jnp.asarray(u8, jnp.float32) / 255
-  for spec, pil in [("equalize", ops.equalize), ("autocontrast", ops.autocontrast),
-                    ("posterize(bits=3)", lambda im: ops.posterize(im, 3)),
-                    ("solarize(threshold=100)", lambda im: ops.solarize(im, 100))]:
+  for spec, pil in [
+    ("equalize", ops.equalize),
+    ("autocontrast", ops.autocontrast),
+    ("posterize(bits=3)", lambda im: ops.posterize(im, 3)),
+    ("solarize(threshold=100)", lambda im: ops.solarize(im, 100)),
+  ]:
     expected = np.stack([np.asarray(pil(image.fromarray(im))) for im in u8]) / 255
     # PIL rounds autocontrast's lookup table; the rest match exactly.
     np.testing.assert_allclose(_img(spec, x), expected, atol=1.01 / 255, err_msg=spec)
@@ -308,8 +378,10 @@ def test_random_apply():
 def test_random_choice_distributes():
   n = 1024
   x = jnp.full((n, 32, 32, 3), 0.2)
-  spec = ("random_choice(p=0.5, ops=['invert', "
-          "'jitter(brightness=(0.5, 0.5), contrast=0, saturation=0, hue=0)'])")
+  spec = (
+    "random_choice(p=0.5, ops=['invert', "
+    "'jitter(brightness=(0.5, 0.5), contrast=0, saturation=0, hue=0)'])"
+  )
   first = _img(spec, x)[:, 0, 0, 0]
   fractions = [np.isclose(first, v).mean() for v in (0.8, 0.1, 0.2)]
   np.testing.assert_allclose(fractions, [0.25, 0.25, 0.5], atol=0.06)

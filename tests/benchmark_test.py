@@ -1,5 +1,6 @@
 """scripts/benchmark.py prints the issue's JSON contract (or a table), and
 scripts/compare_torch.py turns two measurements into ratios."""
+
 import contextlib
 import importlib.util
 import io
@@ -8,16 +9,24 @@ import os
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT
 
-BENCHMARK_KEYS = {"model", "batch", "img_per_s", "eval_img_per_s", "compile_s",
-                  "input_img_per_s", "devices", "dtype"}
+BENCHMARK_KEYS = {
+  "model",
+  "batch",
+  "img_per_s",
+  "eval_img_per_s",
+  "compile_s",
+  "input_img_per_s",
+  "devices",
+  "dtype",
+}
 
 
 def _script(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO_ROOT, "scripts",
-                                                                   f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    name, os.path.join(REPO_ROOT, "scripts", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -36,8 +45,16 @@ def benchmark_script():
 
 
 def test_benchmark_prints_one_json_line_per_model(benchmark_script, compile_cache):
-  out = _stdout_of(benchmark_script.main, ["--models=lenet5,simple_cnn", "--batch=16", "--steps=2",
-                                    "--json", f"--compilation_cache_dir={compile_cache}"])
+  out = _stdout_of(
+    benchmark_script.main,
+    [
+      "--models=lenet5,simple_cnn",
+      "--batch=16",
+      "--steps=2",
+      "--json",
+      f"--compilation_cache_dir={compile_cache}",
+    ],
+  )
   rows = [json.loads(line) for line in out.splitlines()]
   assert [r["model"] for r in rows] == ["lenet5", "simple_cnn"]
   for row in rows:
@@ -51,8 +68,16 @@ def test_benchmark_prints_one_json_line_per_model(benchmark_script, compile_cach
 
 
 def test_benchmark_table_and_bf16(benchmark_script, compile_cache):
-  out = _stdout_of(benchmark_script.main, ["--models=lenet5", "--batch=8", "--steps=1",
-                                    "--half_precision=true", f"--compilation_cache_dir={compile_cache}"])
+  out = _stdout_of(
+    benchmark_script.main,
+    [
+      "--models=lenet5",
+      "--batch=8",
+      "--steps=1",
+      "--half_precision=true",
+      f"--compilation_cache_dir={compile_cache}",
+    ],
+  )
   header, row = out.splitlines()
   assert header.split()[:3] == ["model", "batch", "img_per_s"]
   assert row.split()[0] == "lenet5" and "bfloat16" in row.split()
@@ -63,10 +88,11 @@ def test_compare_torch_reports_the_ratio_of_the_two_measurements(tmp_path, monke
   back to back and divides JAX's images/s by PyTorch's."""
   fake_torch = tmp_path / "fake_torch.py"
   fake_torch.write_text(
-      "import json, sys\n"
-      "args = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
-      "print(json.dumps({'model': args['models'], 'mode': args['modes'],"
-      " 'img_per_s': 50.0}))\n")
+    "import json, sys\n"
+    "args = dict(a[2:].split('=', 1) for a in sys.argv[1:])\n"
+    "print(json.dumps({'model': args['models'], 'mode': args['modes'],"
+    " 'img_per_s': 50.0}))\n"
+  )
   compare = _script("compare_torch")
   run_for_real = compare._run_json_lines
   calls = []
@@ -78,9 +104,16 @@ def test_compare_torch_reports_the_ratio_of_the_two_measurements(tmp_path, monke
     return [{"model": "lenet5", "img_per_s": 125.0, "dtype": "float32", "conv": "xla"}]
 
   monkeypatch.setattr(compare, "_run_json_lines", fake_run)
-  out = _stdout_of(compare.main, [f"--torch_python={sys.executable}",
-                                  f"--torch_script={fake_torch}", "--models=lenet5",
-                                  "--rounds=2", "--steps=1"])
+  out = _stdout_of(
+    compare.main,
+    [
+      f"--torch_python={sys.executable}",
+      f"--torch_script={fake_torch}",
+      "--models=lenet5",
+      "--rounds=2",
+      "--steps=1",
+    ],
+  )
   measurements = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
   assert [m["ratio"] for m in measurements] == [2.5, 2.5]
   assert "2.50, 2.50" in out and out.rstrip().endswith("2.50")
@@ -104,9 +137,9 @@ def test_compare_torch_gives_pytorch_the_chosen_allocator(monkeypatch):
 
 
 @pytest.mark.parametrize("native_bf16,torch_mode", [(True, "bf16_cl"), (False, "fp32_cl")])
-def test_compare_torch_runs_each_side_in_its_best_precision(monkeypatch, native_bf16,
-                                                            torch_mode):
+def test_compare_torch_runs_each_side_in_its_best_precision(monkeypatch, native_bf16, torch_mode):
   from cifar_jax import precision
+
   compare = _script("compare_torch")
   machine = precision.Machine("cpu", "avx2", native_bf16, None, True, native_bf16)
   monkeypatch.setattr(precision.Machine, "detect", classmethod(lambda cls: machine))

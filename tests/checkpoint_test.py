@@ -1,5 +1,6 @@
 """checkpoint.latest_step: what a reader (the search) learns without opening
 a Checkpointer for writing."""
+
 import numpy as np
 
 from cifar_jax import checkpoint

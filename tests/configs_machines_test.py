@@ -9,6 +9,7 @@ none crashes, every loss is finite and the printed "Compute:" line is the one
   (b) with conv_backend=xla (the GPU and macOS path), natively,
   (c) with half_precision=True under ONEDNN_MAX_CPU_ISA=AVX2.
 """
+
 import importlib
 import json
 import math
@@ -23,9 +24,9 @@ CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in (
 BATCH = 8
 MARK = "=== config "
 MODES = {
-    "isa_avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
-    "xla": ({}, {"conv_backend": "xla"}),
-    "bf16_isa_avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"half_precision": True}),
+  "isa_avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {}),
+  "xla": ({}, {"conv_backend": "xla"}),
+  "bf16_isa_avx2": ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"half_precision": True}),
 }
 
 
@@ -35,6 +36,7 @@ def tiny_config(name: str, overrides: dict, compile_cache: str):
   compiling 17 configs three times fits the suite: the same modules, dtypes
   and convolution paths, at a fraction of the size."""
   from models_test import SMALL
+
   config = importlib.import_module(f"cifar_jax.configs.{name}").get_config()
   config.model.update(SMALL.get(config.model.name, {}))
   config.num_epochs = 1
@@ -49,41 +51,64 @@ def tiny_config(name: str, overrides: dict, compile_cache: str):
 
 def _train_every_config(mode: str, workdir: str, compile_cache: str) -> None:
   import jax
+
   from cifar_jax import train
+
   jax.devices()  # starts the backend on one device, before conftest adds fake ones
   from conftest import make_split
+
   split = make_split(2 * BATCH, learnable=True)
   for name in CONFIG_NAMES:
     print(MARK + name, file=sys.stderr, flush=True)
     config = tiny_config(name, MODES[mode][1], compile_cache)
     start = time.perf_counter()
     record = train.train_and_evaluate(config, Path(workdir) / name, train_split=split)
-    print(json.dumps({"config": name, "steps": record["step"], "seconds": round(
-        time.perf_counter() - start, 1), "train_loss": record["train_loss"]}), flush=True)
+    print(
+      json.dumps(
+        {
+          "config": name,
+          "steps": record["step"],
+          "seconds": round(time.perf_counter() - start, 1),
+          "train_loss": record["train_loss"],
+        }
+      ),
+      flush=True,
+    )
 
 
 def _expected_notices(mode: str, compile_cache: str) -> dict[str, str]:
   from cifar_jax import cpu_conv
   from cifar_jax import precision
+
   machine = precision.Machine.detect()
   if MODES[mode][0].get("ONEDNN_MAX_CPU_ISA") == "AVX2" and cpu_conv.available():
-    machine = precision.Machine("cpu", "avx2", False, None, onednn_f32=True,
-                                onednn_bf16=False)
-  return {name: precision.choose(tiny_config(name, MODES[mode][1], compile_cache),
-                                 num_devices=1, parallel="jit", machine=machine).notice
-          for name in CONFIG_NAMES}
+    machine = precision.Machine("cpu", "avx2", False, None, onednn_f32=True, onednn_bf16=False)
+  return {
+    name: precision.choose(
+      tiny_config(name, MODES[mode][1], compile_cache),
+      num_devices=1,
+      parallel="jit",
+      machine=machine,
+    ).notice
+    for name in CONFIG_NAMES
+  }
 
 
 def _check_mode(mode: str, tmp_path, compile_cache: str) -> None:
   # One device, as a user's run has; two steps need no optimised machine code,
   # and without LLVM's optimisations 19 compilations take a third less time.
   env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", **MODES[mode][0]}
-  proc = subprocess.run([sys.executable, __file__, mode, str(tmp_path), compile_cache],
-                        env=env, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, __file__, mode, str(tmp_path), compile_cache],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   rows = {r["config"]: r for r in map(json.loads, proc.stdout.splitlines())}
   assert sorted(rows) == CONFIG_NAMES
-  for name, row in rows.items():
+  for row in rows.values():
     assert row["steps"] == 2 and math.isfinite(row["train_loss"]), row
   printed = {}
   for block in proc.stderr.split(MARK)[1:]:

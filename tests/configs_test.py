@@ -1,19 +1,22 @@
 """Every config file loads, names a registered model and builds its pieces."""
+
 import importlib
 import pathlib
 
 import pytest
-
-from cifar_jax import augment
-from cifar_jax import models
-from cifar_jax import optim
-from cifar_jax import train
-from cifar_jax import config_checks
-from cifar_jax import run as run_lib
 from conftest import REPO_ROOT
 
-CONFIG_NAMES = sorted(p.stem for p in pathlib.Path(REPO_ROOT, "configs").glob("*.py")
-                      if p.stem not in ("__init__", "base"))
+from cifar_jax import augment
+from cifar_jax import config_checks
+from cifar_jax import models
+from cifar_jax import optim
+from cifar_jax import run as run_lib
+
+CONFIG_NAMES = sorted(
+  p.stem
+  for p in pathlib.Path(REPO_ROOT, "configs").glob("*.py")
+  if p.stem not in ("__init__", "base")
+)
 
 
 def test_every_registered_model_has_a_config():

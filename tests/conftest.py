@@ -3,10 +3,12 @@
 XLA reads XLA_FLAGS once, when the backend starts, so the device count is set
 here before any test imports jax.
 """
+
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -15,9 +17,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 import pytest  # noqa: E402
-
 from fake_data import make_split  # noqa: E402,F401 - tests import it from here
 from fake_data import make_tiny_config  # noqa: E402
+from search_fixtures import count_training  # noqa: E402,F401 - fixtures for tests/search_*
+from search_fixtures import search_config  # noqa: E402,F401
+from search_fixtures import splits  # noqa: E402,F401
 
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
 

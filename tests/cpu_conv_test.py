@@ -2,6 +2,7 @@
 running jaxlib, values and gradients equal XLA's within what float32 (and
 bf16) arithmetic allows on any instruction set, the same training steps, and
 XLA for what they do not cover. tests/precision_test.py covers the choice."""
+
 import functools
 import os
 import platform
@@ -13,16 +14,17 @@ import types
 import jax
 import jax.numpy as jnp
 import jaxlib
+import models_test
 import numpy as np
 import pytest
+from conftest import make_split
 from jax import lax
+from train_test import _run_steps
+from train_test import tiny_resnet_config
 
 from cifar_jax import cpu_conv
 from cifar_jax import models
 from cifar_jax import precision
-from conftest import make_split
-from train_test import _run_steps, tiny_resnet_config
-import models_test
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 BUILDS_EXTENSION = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -57,17 +59,19 @@ def test_extension_for_another_jaxlib_is_refused_with_how_to_rebuild(monkeypatch
 
 def _config(conv_backend, half_precision):
   from cifar_jax.configs import base
+
   config = base.get_config()
   config.conv_backend, config.half_precision = conv_backend, half_precision
   return config
 
 
-needs_onednn = pytest.mark.skipif(not cpu_conv.available(),
-                                  reason="oneDNN extension not built here")
+needs_onednn = pytest.mark.skipif(
+  not cpu_conv.available(), reason="oneDNN extension not built here"
+)
 ONEDNN = cpu_conv.onednn_conv_general_dilated
 ONEDNN_FP32 = cpu_conv.onednn_fp32_conv_general_dilated
-F32_EPS = 2.0 ** -24  # unit roundoff of float32
-BF16_EPS = 2.0 ** -8  # of bfloat16, rounding to nearest (2**-9), doubled for safety
+F32_EPS = 2.0**-24  # unit roundoff of float32
+BF16_EPS = 2.0**-8  # of bfloat16, rounding to nearest (2**-9), doubled for safety
 # Calls per geometry: a kernel that races between its threads (as oneDNN 3.2's
 # strided 1x1 backward-weights on AVX2 did, about 1 call in 4) shows up.
 REPEATS = 30
@@ -93,28 +97,33 @@ def _fp32_error_bounds(x, w, dy, strides, padding):
   same convolution and VJP on absolute values.
   """
   kh, kw, cin, cout = w.shape
-  y_abs, dx_abs, dw_abs = _outputs(lax.conv_general_dilated, jnp.abs(x), jnp.abs(w),
-                                   jnp.abs(dy), strides, padding)
+  y_abs, dx_abs, dw_abs = _outputs(
+    lax.conv_general_dilated, jnp.abs(x), jnp.abs(w), jnp.abs(dy), strides, padding
+  )
   n_y, n_dx, n_dw = kh * kw * cin, kh * kw * cout, dy.shape[0] * dy.shape[1] * dy.shape[2]
-  return [2 * n * F32_EPS * np.asarray(a) + 1e-30 for n, a in
-          ((n_y, y_abs), (n_dx, dx_abs), (n_dw, dw_abs))]
+  return [
+    2 * n * F32_EPS * np.asarray(a) + 1e-30
+    for n, a in ((n_y, y_abs), (n_dx, dx_abs), (n_dw, dw_abs))
+  ]
 
 
 def _assert_within(got, want, bound, what):
   excess = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)) - bound
   worst = np.unravel_index(np.argmax(excess), excess.shape)
-  assert excess.max() <= 0, (f"{what}: |got - want| exceeds the bound by {excess.max():.3g} "
-                             f"at {worst} (bound {bound[worst]:.3g})")
+  assert excess.max() <= 0, (
+    f"{what}: |got - want| exceeds the bound by {excess.max():.3g} "
+    f"at {worst} (bound {bound[worst]:.3g})"
+  )
 
 
 GEOMETRIES = [
-    ((4, 8, 8, 3), (3, 3, 3, 5), (1, 1), "SAME"),
-    ((4, 9, 9, 6), (3, 3, 6, 4), (2, 2), "SAME"),            # odd size, stride 2
-    ((2, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID"),         # lenet's first layer
-    ((3, 8, 8, 4), (1, 1, 4, 7), (2, 2), "VALID"),           # resnet shortcut
-    ((2, 10, 10, 4), (3, 3, 4, 4), (1, 2), ((2, 0), (1, 3))),  # uneven explicit pads
-    ((2, 8, 8, 3), (2, 2, 3, 8), (2, 2), "VALID"),           # patch embedding
-    ((8, 16, 16, 64), (3, 3, 64, 64), (1, 1), "SAME"),       # long reductions
+  ((4, 8, 8, 3), (3, 3, 3, 5), (1, 1), "SAME"),
+  ((4, 9, 9, 6), (3, 3, 6, 4), (2, 2), "SAME"),  # odd size, stride 2
+  ((2, 32, 32, 3), (5, 5, 3, 6), (1, 1), "VALID"),  # lenet's first layer
+  ((3, 8, 8, 4), (1, 1, 4, 7), (2, 2), "VALID"),  # resnet shortcut
+  ((2, 10, 10, 4), (3, 3, 4, 4), (1, 2), ((2, 0), (1, 3))),  # uneven explicit pads
+  ((2, 8, 8, 3), (2, 2, 3, 8), (2, 2), "VALID"),  # patch embedding
+  ((8, 16, 16, 64), (3, 3, 64, 64), (1, 1), "SAME"),  # long reductions
 ]
 
 
@@ -132,8 +141,9 @@ def _operands(x_shape, w_shape, strides, padding, seed=0):
 def test_onednn_matches_xla_values_and_gradients(x_shape, w_shape, strides, padding):
   """float32: y, dx and dw within the accumulation-error bound of XLA's."""
   x, w, dy = _operands(x_shape, w_shape, strides, padding)
-  want = jax.jit(functools.partial(_outputs, lax.conv_general_dilated, strides=strides,
-                                   padding=padding))(x, w, dy)
+  want = jax.jit(
+    functools.partial(_outputs, lax.conv_general_dilated, strides=strides, padding=padding)
+  )(x, w, dy)
   onednn = jax.jit(functools.partial(_outputs, ONEDNN, strides=strides, padding=padding))
   bounds = _fp32_error_bounds(x, w, dy, strides, padding)
   for _ in range(REPEATS):
@@ -153,8 +163,7 @@ def _bf16_implementations():
 @needs_onednn
 @pytest.mark.parametrize("impl", _bf16_implementations())
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", GEOMETRIES[1::3])
-def test_bfloat16_convolution_is_the_float32_one_rounded(impl, x_shape, w_shape, strides,
-                                                         padding):
+def test_bfloat16_convolution_is_the_float32_one_rounded(impl, x_shape, w_shape, strides, padding):
   """bf16 in, float32 accumulation, bf16 out: within one bf16 rounding of the
   float32 result on the same (bf16) operands, plus the float32 bound. Runs
   natively in bf16 where oneDNN can (AVX-512-BF16, AMX) and, everywhere, in
@@ -181,13 +190,17 @@ def test_only_covered_convolutions_go_to_onednn():
   assert "OnednnConvForward" in _lowered()
   assert "OnednnConvForward" in _lowered(conv_dtype=jnp.bfloat16)
   assert "OnednnConvForward" not in _lowered(  # bf16 in, f32 out: XLA
-      conv_dtype=jnp.bfloat16, preferred_element_type=jnp.float32)
+    conv_dtype=jnp.bfloat16, preferred_element_type=jnp.float32
+  )
   assert "OnednnConvForward" not in _lowered(feature_group_count=2)  # grouped: XLA
-  assert "OnednnConvForward" not in _lowered(rhs_dilation=(2, 2))    # dilated: XLA
+  assert "OnednnConvForward" not in _lowered(rhs_dilation=(2, 2))  # dilated: XLA
   assert "OnednnConvForward" not in _lowered(lax.conv_general_dilated)
   # bf16 operands of the fp32 implementation reach oneDNN as float32.
-  call = [line for line in _lowered(ONEDNN_FP32, conv_dtype=jnp.bfloat16).splitlines()
-          if "OnednnConvForward" in line]
+  call = [
+    line
+    for line in _lowered(ONEDNN_FP32, conv_dtype=jnp.bfloat16).splitlines()
+    if "OnednnConvForward" in line
+  ]
   assert call and "xf32>" in call[0] and "bf16" not in call[0], call
 
 
@@ -199,12 +212,14 @@ def test_training_steps_match_xla(tiny_config, mode, num_devices):
   config = tiny_resnet_config(tiny_config)
   split = make_split(3 * config.batch_size, learnable=True)
   want_losses, want_params = _run_steps(config, "jit", 1, split)
-  losses, params = _run_steps(config, mode, num_devices, split,
-                              compute=precision.Compute(jnp.float32, "onednn"))
+  losses, params = _run_steps(
+    config, mode, num_devices, split, compute=precision.Compute(jnp.float32, "onednn")
+  )
   assert np.isfinite(want_losses).all()
   np.testing.assert_allclose(losses, want_losses, rtol=2e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5),
-               params, want_params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), params, want_params
+  )
 
 
 @needs_onednn
@@ -216,8 +231,13 @@ def test_every_model_sends_its_plain_convolutions_to_onednn(name):
   model = models_test.small_model(name, conv_general_dilated=ONEDNN)
   x = jnp.zeros((2, 32, 32, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-  apply = lambda v, x: model.apply(v, x, train=True, mutable=True,  # noqa: E731
-                                   rngs={"dropout": jax.random.key(1)})
+  apply = lambda v, x: model.apply(
+    v,
+    x,
+    train=True,
+    mutable=True,  # noqa: E731
+    rngs={"dropout": jax.random.key(1)},
+  )
   text = jax.jit(apply).lower(variables, x).as_text()
   groups = [int(g) for g in re.findall(r"feature_group_count = (\d+)", text)]
   assert all(g > 1 for g in groups), f"{name}: {groups.count(1)} plain XLA convolution(s)"
@@ -225,16 +245,33 @@ def test_every_model_sends_its_plain_convolutions_to_onednn(name):
 
 
 @needs_onednn
-@pytest.mark.skipif(os.environ.get("ONEDNN_MAX_CPU_ISA") is not None,
-                    reason="this is the run under ONEDNN_MAX_CPU_ISA")
+@pytest.mark.skipif(
+  os.environ.get("ONEDNN_MAX_CPU_ISA") is not None,
+  reason="this is the run under ONEDNN_MAX_CPU_ISA",
+)
 def test_the_value_tests_hold_under_avx2_too():
   """oneDNN picks other kernels and accumulation orders per instruction set:
   the same value and gradient tests, in a process limited to AVX2."""
   env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": ""}
   result = subprocess.run(
-      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-       __file__, "-k", "matches_xla_values or float32_one_rounded"],
-      env=env, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
-      text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "pytest",
+      "-q",
+      "-p",
+      "no:cacheprovider",
+      "-p",
+      "no:xdist",
+      __file__,
+      "-k",
+      "matches_xla_values or float32_one_rounded",
+    ],
+    env=env,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stdout[-3000:]
   assert re.search(r"\b9 passed\b", result.stdout), result.stdout[-500:]  # 7 + 2 bf16

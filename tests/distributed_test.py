@@ -5,6 +5,7 @@ collectives) join a coordinator on 127.0.0.1 through scripts/launch_local.py
 and run tests/distributed_worker.py; the reference is the same run in this
 process over conftest's four devices: the same global batch on four devices.
 """
+
 import json
 import os
 import shutil
@@ -12,16 +13,16 @@ import subprocess
 import sys
 import time
 
+import distributed_worker as worker
 import jax
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from cifar_jax import checkpoint
 from cifar_jax import evaluate
 from cifar_jax import run as run_lib
 from cifar_jax import train
-from conftest import REPO_ROOT
-import distributed_worker as worker
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "scripts"))
 import launch_local  # noqa: E402
@@ -38,15 +39,36 @@ def _env(**extra):
 
 
 def _spec(workdir, parallel, compile_cache, **extra):
-  return json.dumps({"workdir": str(workdir), "parallel": parallel, "action": "train",
-                     "compile_cache": compile_cache, **extra})
+  return json.dumps(
+    {
+      "workdir": str(workdir),
+      "parallel": parallel,
+      "action": "train",
+      "compile_cache": compile_cache,
+      **extra,
+    }
+  )
 
 
 def _launch(spec, timeout=400):
   result = subprocess.run(
-      [sys.executable, LAUNCHER, "--num_processes=2", "--cpu_devices_per_process=2",
-       "--grace_s=20", "--", sys.executable, WORKER, spec],
-      env=_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    [
+      sys.executable,
+      LAUNCHER,
+      "--num_processes=2",
+      "--cpu_devices_per_process=2",
+      "--grace_s=20",
+      "--",
+      sys.executable,
+      WORKER,
+      spec,
+    ],
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO_ROOT,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -66,10 +88,12 @@ def _assert_same_run(got, want):
   assert meta["step"] == want_meta["step"] == 6
   assert [r["epoch"] for r in records] == [r["epoch"] for r in want_records] == [1, 2]
   for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
-    np.testing.assert_allclose([r[key] for r in records], [r[key] for r in want_records],
-                               rtol=2e-4, atol=1e-6, err_msg=key)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5),
-               params, want_params)
+    np.testing.assert_allclose(
+      [r[key] for r in records], [r[key] for r in want_records], rtol=2e-4, atol=1e-6, err_msg=key
+    )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), params, want_params
+  )
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +111,7 @@ def reference(tmp_path_factory, compile_cache):
 
 
 @pytest.mark.parametrize("parallel", ["jit", "pmap"])
-def test_two_processes_train_and_evaluate_like_one(tmp_path, compile_cache, reference,
-                                                   parallel):
+def test_two_processes_train_and_evaluate_like_one(tmp_path, compile_cache, reference, parallel):
   spec = _spec(tmp_path, parallel, compile_cache)
   result = _launch(spec)
   # conv_backend=auto: jit over the 4 devices of both processes keeps XLA's
@@ -109,8 +132,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, compile_cache, refe
   assert two["num_examples"] == worker.EVAL_EXAMPLES
   assert sum(map(sum, two["confusion_matrix"])) == worker.EVAL_EXAMPLES
   # The checkpoint of 2 processes x 2 devices, evaluated in 1 process x 4 devices.
-  one = evaluate.evaluate(worker.run_config(json.loads(spec)), tmp_path,
-                          split=worker.splits()[1])
+  one = evaluate.evaluate(worker.run_config(json.loads(spec)), tmp_path, split=worker.splits()[1])
   assert one["num_examples"] == worker.EVAL_EXAMPLES
   assert one["accuracy"] == pytest.approx(two["accuracy"])
   assert one["loss"] == pytest.approx(two["loss"], rel=1e-4)
@@ -119,11 +141,21 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, compile_cache, refe
 def test_a_killed_process_stops_the_other_and_both_resume(tmp_path, compile_cache, reference):
   spec = _spec(tmp_path, "jit", compile_cache, pause_after_epoch_s=20, heartbeat_timeout_s=10)
   address = f"127.0.0.1:{launch_local.free_port()}"
-  procs = [subprocess.Popen(
-      [sys.executable, WORKER, spec], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
-      env=_env(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i), JAX_NUM_CPU_DEVICES="2"))
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, WORKER, spec],
+      cwd=REPO_ROOT,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=_env(
+        JAX_COORDINATOR_ADDRESS=address,
+        JAX_NUM_PROCESSES="2",
+        JAX_PROCESS_ID=str(i),
+        JAX_NUM_CPU_DEVICES="2",
+      ),
+    )
+    for i in range(2)
+  ]
   try:
     seen = []
     for line in procs[1].stderr:  # until epoch 1 is trained and checkpointed

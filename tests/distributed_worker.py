@@ -11,6 +11,7 @@ after epoch 1, with its checkpoint saved: a window to kill one),
 on the fake splits of tests/fake_data.py, the same in every process, through
 the same library calls `python -m cifar_jax.main` makes.
 """
+
 import json
 import os
 import sys
@@ -52,16 +53,20 @@ def main():
   from cifar_jax import distributed
   from cifar_jax import evaluate
   from cifar_jax import train
+
   config = run_config(spec)
   distributed.initialize(config)
   train_split, eval_split = splits()
   if spec["action"] == "train":
+
     def pause(record):
       if record["epoch"] == 1 and spec.get("pause_after_epoch_s"):
         print("paused after epoch 1", file=sys.stderr, flush=True)
         time.sleep(spec["pause_after_epoch_s"])
-    train.train_and_evaluate(config, spec["workdir"], train_split=train_split,
-                             eval_split=eval_split, epoch_callback=pause)
+
+    train.train_and_evaluate(
+      config, spec["workdir"], train_split=train_split, eval_split=eval_split, epoch_callback=pause
+    )
   else:
     evaluate.evaluate(config, spec["workdir"], split=eval_split)
 

@@ -3,6 +3,7 @@
 ViT with flip TTA, are trained once and exported; the deserialised StableHLO
 and the reloaded SavedModel must give the Flax model's probabilities for two
 batch sizes (the batch is symbolic)."""
+
 import functools
 import json
 
@@ -38,8 +39,9 @@ def _train(tmp_path_factory, compile_cache, name, **changes):
     target[leaf] = value
   path = tmp_path_factory.mktemp(name)
   # No evaluation, which would compile more: the export takes the latest checkpoint.
-  train.train_and_evaluate(config, path, train_split=make_split(64, learnable=True),
-                           eval_split=None)
+  train.train_and_evaluate(
+    config, path, train_split=make_split(64, learnable=True), eval_split=None
+  )
   return path, predict.load_trained(path)
 
 
@@ -51,32 +53,54 @@ def resnet_run(tmp_path_factory, compile_cache):
   # oneDNN serves one program per device: pmap over the test's 4 CPU devices.
   # (One run for both: each training compiles for half a minute on 2 cores.)
   backend = {"conv_backend": "onednn", "parallel": "pmap"} if ONEDNN else {}
-  return _train(tmp_path_factory, compile_cache, "resnet", **{
-      "model.name": "resnet18", "model.width": 8, "model.stage_sizes": (1, 1),
-      "ema_decay": 0.5, **backend})
+  return _train(
+    tmp_path_factory,
+    compile_cache,
+    "resnet",
+    **{
+      "model.name": "resnet18",
+      "model.width": 8,
+      "model.stage_sizes": (1, 1),
+      "ema_decay": 0.5,
+      **backend,
+    },
+  )
 
 
 @pytest.fixture(scope="module")
 def vit_run(tmp_path_factory, compile_cache):
-  return _train(tmp_path_factory, compile_cache, "vit", **{
-      "model.name": "vit_tiny", "model.depth": 1, "model.embed_dim": 32,
-      "model.num_heads": 2, "model.patch_size": 8, "tta": "flip"})
+  return _train(
+    tmp_path_factory,
+    compile_cache,
+    "vit",
+    **{
+      "model.name": "vit_tiny",
+      "model.depth": 1,
+      "model.embed_dim": 32,
+      "model.num_heads": 2,
+      "model.patch_size": 8,
+      "tta": "flip",
+    },
+  )
 
 
 RUNS = ["resnet_run", "vit_run"]
 
 
 def uint8_images(n, seed=0):
-  return np.random.default_rng(seed).integers(0, 256, (n,) + input_pipeline.IMAGE_SHAPE,
-                                              dtype=np.uint8)
+  return np.random.default_rng(seed).integers(
+    0, 256, (n,) + input_pipeline.IMAGE_SHAPE, dtype=np.uint8
+  )
 
 
 def reference_probabilities(trained, images):
   """The Flax model's probabilities, with the config's TTA spelt out."""
   model = run_lib.create_model(trained.config)
+
   def probs(x):
     logits = model.apply(trained.variables, steps.model_inputs(jnp.asarray(x)), train=False)
     return jax.nn.softmax(logits)
+
   views = [images] if trained.config.tta == "none" else [images, images[:, :, ::-1]]
   return np.mean([np.asarray(probs(v)) for v in views], axis=0)
 
@@ -86,8 +110,7 @@ def test_stablehlo_matches_the_flax_model(run, request, tmp_path, capsys):
   workdir, trained = request.getfixturevalue(run)
   out = tmp_path / "model.stablehlo"
   if run == "resnet_run":  # the command line once; it loads the run again
-    assert export.main(["--workdir", str(workdir), "--format=stablehlo",
-                        "--out", str(out)]) == 0
+    assert export.main(["--workdir", str(workdir), "--format=stablehlo", "--out", str(out)]) == 0
     assert f"Wrote {out}" in capsys.readouterr().err
   else:
     export.export(trained, "stablehlo", out)
@@ -123,23 +146,25 @@ def test_savedmodel_matches_the_flax_model(run, request, tmp_path):
     expected = reference_probabilities(trained, images)
     got = serving(images=tf.constant(images))["probabilities"].numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    np.testing.assert_allclose(loaded.serve(images)["probabilities"].numpy(), expected,
-                               atol=1e-5)
+    np.testing.assert_allclose(loaded.serve(images)["probabilities"].numpy(), expected, atol=1e-5)
 
 
 def test_a_run_with_ema_exports_its_ema_weights(resnet_run):
   workdir, trained = resnet_run
   assert trained.weights == "ema"
-  template = run_lib.build_run(trained.config, layout=run_lib.Layout(
-      parallel.DataParallel("jit", 1), precision.XLA_FORM)).state
+  template = run_lib.build_run(
+    trained.config, layout=run_lib.Layout(parallel.DataParallel("jit", 1), precision.XLA_FORM)
+  ).state
   ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True)
   state, _ = ckpt.restore(template, "best_or_latest")
   ckpt.close()
   assert jax.tree.structure(trained.variables) == jax.tree.structure(state.ema)
   for ours, ema in zip(jax.tree.leaves(trained.variables), jax.tree.leaves(state.ema)):
     np.testing.assert_array_equal(ours, ema)
-  assert not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(state.ema["params"]), jax.tree.leaves(state.params)))
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(state.ema["params"]), jax.tree.leaves(state.params))
+  )
 
 
 @pytest.mark.skipif(not ONEDNN, reason="the oneDNN extension does not load")
@@ -157,13 +182,15 @@ def test_a_run_trained_with_onednn_convolutions_exports_the_xla_form(resnet_run,
     got = np.asarray(exported.call(images))
     np.testing.assert_allclose(got, reference_probabilities(trained, images), atol=1e-5)
     # What the run computed in training, with oneDNN's convolutions.
-    trained_form = jax.nn.softmax(onednn_model(trained.variables,
-                                               steps.model_inputs(jnp.asarray(images))))
+    trained_form = jax.nn.softmax(
+      onednn_model(trained.variables, steps.model_inputs(jnp.asarray(images)))
+    )
     np.testing.assert_allclose(got, np.asarray(trained_form), atol=1e-4)
 
 
 def test_export_without_a_checkpoint_says_train_first(tmp_path):
   with pytest.raises(SystemExit) as e:
-    export.main(["--workdir", str(tmp_path), "--format=stablehlo",
-                 "--out", str(tmp_path / "m.stablehlo")])
+    export.main(
+      ["--workdir", str(tmp_path), "--format=stablehlo", "--out", str(tmp_path / "m.stablehlo")]
+    )
   assert "No checkpoint in" in str(e.value.code) and "train first" in str(e.value.code)

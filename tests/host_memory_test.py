@@ -2,18 +2,20 @@
 once with glibc's huge-page tunable, keeps its arguments, and stops
 page-faulting every 4 KB of XLA's big buffers on every call. Measured in fresh
 processes, because glibc reads the tunable only at start-up."""
+
 import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
-from cifar_jax import host_memory
 from conftest import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(not host_memory.supported(),
-                                reason="needs glibc >= 2.35 and transparent huge pages")
+from cifar_jax import host_memory
+
+pytestmark = pytest.mark.skipif(
+  not host_memory.supported(), reason="needs glibc >= 2.35 and transparent huge pages"
+)
 
 _PROGRAM = textwrap.dedent("""
     import os, resource, sys
@@ -35,11 +37,16 @@ _PROGRAM = textwrap.dedent("""
 def _run(tmp_path, **env_overrides):
   script = tmp_path / "program.py"
   script.write_text(_PROGRAM)
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT_ENV)}
+  env = {
+    k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT_ENV)
+  }
   env.update(XLA_FLAGS="", PYTHONPATH=REPO_ROOT, **env_overrides)
-  process = subprocess.Popen([sys.executable, str(script), "--flag=1", "two words"], env=env,
-                             stdout=subprocess.PIPE, text=True)
+  process = subprocess.Popen(
+    [sys.executable, str(script), "--flag=1", "two words"],
+    env=env,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   out, _ = process.communicate()
   assert process.returncode == 0
   lines = out.splitlines()
@@ -62,10 +69,12 @@ def test_huge_pages_stop_the_page_faults_of_big_buffers(tmp_path):
 def test_environment_extends_existing_tunables(monkeypatch):
   monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
   assert host_memory.environment() == {
-      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE}
+    "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE
+  }
   # A process that already has it (re-executed) passes it on once.
   monkeypatch.setenv("GLIBC_TUNABLES", host_memory.TUNABLE + ":glibc.malloc.arena_max=2")
   assert host_memory.environment() == {
-      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE}
+    "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:" + host_memory.TUNABLE
+  }
   monkeypatch.setenv(host_memory.OPT_OUT_ENV, "system")
   assert host_memory.environment() == {}

@@ -1,12 +1,13 @@
 """Loading splits through tfds (mock and real) and the batching index plans."""
+
 import os
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import SHARED_DATA
 
 from cifar_jax import input_pipeline
-from conftest import SHARED_DATA
 
 
 def test_load_split_from_tfds_mock():
@@ -61,8 +62,9 @@ def test_real_cifar10_slice_and_missing_test_split():
   assert split.images.shape == (1000, 32, 32, 3)
   assert 80 <= np.bincount(split.labels, minlength=10).min()
   # Real photos: the per-channel means are near the published CIFAR-10 ones.
-  np.testing.assert_allclose(split.images.reshape(-1, 3).mean(0) / 255,
-                             input_pipeline.CIFAR10_MEAN, atol=0.03)
+  np.testing.assert_allclose(
+    split.images.reshape(-1, 3).mean(0) / 255, input_pipeline.CIFAR10_MEAN, atol=0.03
+  )
   with pytest.raises(input_pipeline.DatasetNotFoundError, match="eval_split"):
     input_pipeline.load_split("cifar10", "test", data_dir=SHARED_DATA)
 
@@ -74,9 +76,12 @@ def test_hard_example_mining_samples_follow_the_losses():
   assert weights.sum() == pytest.approx(1.0)
   assert weights[0] / weights[50] == pytest.approx(100.0)
   plan = input_pipeline.train_index_plan(100, 50, seed=0, epoch=0, weights=weights)
-  counts = np.bincount(np.concatenate([
-      input_pipeline.train_index_plan(100, 50, 0, e, weights).ravel() for e in range(50)]),
-      minlength=100)
+  counts = np.bincount(
+    np.concatenate(
+      [input_pipeline.train_index_plan(100, 50, 0, e, weights).ravel() for e in range(50)]
+    ),
+    minlength=100,
+  )
   hard_share = counts[:10].sum() / counts.sum()
   assert hard_share == pytest.approx(100 / (100 + 9), abs=0.02)  # 10*10 / (10*10 + 90*0.1)
   assert plan.shape == (2, 50)
@@ -89,8 +94,10 @@ def test_hard_example_mining_samples_follow_the_losses():
 def test_alternating_flips_show_each_side_every_two_epochs():
   plan0 = input_pipeline.train_index_plan(1000, 100, seed=3, epoch=0)
   plan1 = input_pipeline.train_index_plan(1000, 100, seed=3, epoch=1)
-  flips = [input_pipeline.alternating_flips(plan, 1000, seed=3, epoch=e)
-           for e, plan in ((0, plan0), (1, plan1), (2, plan0))]
+  flips = [
+    input_pipeline.alternating_flips(plan, 1000, seed=3, epoch=e)
+    for e, plan in ((0, plan0), (1, plan1), (2, plan0))
+  ]
   assert flips[0].shape == plan0.shape and flips[0].dtype == bool
   side = [np.empty(1000, bool) for _ in range(2)]
   side[0][plan0.ravel()] = flips[0].ravel()
@@ -104,6 +111,7 @@ def test_alternating_flips_show_each_side_every_two_epochs():
 
 def test_gather_mirrors_exactly_the_flagged_images():
   from cifar_jax import parallel
+
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   par = parallel.DataParallel("jit", 1)

@@ -1,4 +1,5 @@
 """The command line: flags, overrides, train then eval, and clear failures."""
+
 import json
 import os
 import subprocess
@@ -6,9 +7,10 @@ import sys
 
 import pytest
 import tensorflow_datasets as tfds
+from conftest import REPO_ROOT
+from conftest import SHARED_DATA
 
 from cifar_jax import main as main_lib
-from conftest import REPO_ROOT, SHARED_DATA
 
 
 def run_cli(*args):
@@ -27,15 +29,26 @@ def run_cli(*args):
 
 def run_subprocess(*args, timeout=600):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", "cifar_jax.main", *args], cwd=REPO_ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", "cifar_jax.main", *args],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def test_train_then_eval_on_mock_data(tmp_path, compile_cache, capsys):
-  common = ["--config=configs/lenet5.py", f"--workdir={tmp_path}",
-            "--config.num_epochs=1", "--config.batch_size=16",
-            "--config.eval_batch_size=16", f"--config.compilation_cache_dir={compile_cache}",
-            "--config.dataset.eval_split=train[45000:]"]
+  common = [
+    "--config=configs/lenet5.py",
+    f"--workdir={tmp_path}",
+    "--config.num_epochs=1",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=16",
+    f"--config.compilation_cache_dir={compile_cache}",
+    "--config.dataset.eval_split=train[45000:]",
+  ]
   with tfds.testing.mock_data(num_examples=40):
     run_cli(*common)
     run_cli(*common, "--mode=eval")
@@ -47,8 +60,9 @@ def test_train_then_eval_on_mock_data(tmp_path, compile_cache, capsys):
 
 
 def test_misspelt_config_key_fails_with_a_hint(tmp_path):
-  result = run_subprocess("--config=configs/lenet5.py", f"--workdir={tmp_path}",
-                          "--config.num_epoch=3")
+  result = run_subprocess(
+    "--config=configs/lenet5.py", f"--workdir={tmp_path}", "--config.num_epoch=3"
+  )
   assert result.returncode != 0
   assert 'Did you mean "num_epochs"' in result.stderr
   assert "Traceback" not in result.stderr
@@ -56,8 +70,7 @@ def test_misspelt_config_key_fails_with_a_hint(tmp_path):
 
 def test_unknown_model_and_missing_checkpoint_fail_clearly(tmp_path):
   with pytest.raises(SystemExit, match="Unknown model.name 'resnet19'.*resnet18"):
-    run_cli("--config=configs/resnet18.py", f"--workdir={tmp_path}",
-            "--config.model.name=resnet19")
+    run_cli("--config=configs/resnet18.py", f"--workdir={tmp_path}", "--config.model.name=resnet19")
   with pytest.raises(SystemExit, match="No checkpoint"):
     run_cli("--config=configs/lenet5.py", f"--workdir={tmp_path}", "--mode=eval")
 
@@ -66,14 +79,17 @@ def test_unknown_model_and_missing_checkpoint_fail_clearly(tmp_path):
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/tensorflow_datasets absent")
 def test_real_data_smoke(tmp_path, compile_cache):
   """The README's commands on the real CIFAR-10 files, with a tiny budget."""
-  common = ["--config=configs/lenet5.py", f"--workdir={tmp_path}",
-            f"--config.dataset.data_dir={SHARED_DATA}",
-            "--config.dataset.train_split=train[:2048]",
-            "--config.dataset.eval_split=train[45000:45500]",
-            f"--config.compilation_cache_dir={compile_cache}"]
+  common = [
+    "--config=configs/lenet5.py",
+    f"--workdir={tmp_path}",
+    f"--config.dataset.data_dir={SHARED_DATA}",
+    "--config.dataset.train_split=train[:2048]",
+    "--config.dataset.eval_split=train[45000:45500]",
+    f"--config.compilation_cache_dir={compile_cache}",
+  ]
   trained = run_subprocess(*common, "--config.num_epochs=2")
   assert trained.returncode == 0, trained.stderr[-2000:]
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2]
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   evaluated = run_subprocess(*common, "--mode=eval")
@@ -89,8 +105,9 @@ def test_missing_config_file_is_one_line(tmp_path):
   result = run_subprocess("--config=configs/no_such_model.py", f"--workdir={tmp_path}")
   assert result.returncode != 0
   assert result.stderr.strip().splitlines() == [
-      "cifar_jax: error: cannot load the --config file: [Errno 2] No such file or "
-      "directory: 'configs/no_such_model.py'. Pass a path such as configs/resnet18.py."]
+    "cifar_jax: error: cannot load the --config file: [Errno 2] No such file or "
+    "directory: 'configs/no_such_model.py'. Pass a path such as configs/resnet18.py."
+  ]
 
 
 def test_second_ctrl_c_is_one_line(tmp_path, monkeypatch):
@@ -98,6 +115,7 @@ def test_second_ctrl_c_is_one_line(tmp_path, monkeypatch):
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt  # what the second Ctrl-C raises, wherever it lands
+
   monkeypatch.setattr(train, "train_and_evaluate", interrupted)
   with pytest.raises(SystemExit, match="interrupted. The workdir keeps its last complete"):
     run_cli("--config=configs/lenet5.py", f"--workdir={tmp_path}")
@@ -107,7 +125,10 @@ def test_second_ctrl_c_is_one_line(tmp_path, monkeypatch):
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/tensorflow_datasets absent")
 def test_empty_split_names_its_key(tmp_path):
   from cifar_jax import input_pipeline
-  with pytest.raises(input_pipeline.EmptySplitError,
-                     match=r"config.dataset.train_split='train\[:0\]' selects no examples "
-                           r"of cifar10 \(train: 50000\)"):
+
+  with pytest.raises(
+    input_pipeline.EmptySplitError,
+    match=r"config.dataset.train_split='train\[:0\]' selects no examples "
+    r"of cifar10 \(train: 50000\)",
+  ):
     input_pipeline.load_split("cifar10", "train[:0]", SHARED_DATA, key="dataset.train_split")

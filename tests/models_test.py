@@ -4,6 +4,7 @@ Behavioural tests use reduced-size variants of the same modules (SMALL) so the
 file stays fast on CPU; parameter counts are pinned for the full-size defaults
 via jax.eval_shape, which allocates nothing.
 """
+
 import contextlib
 import io
 import json
@@ -23,54 +24,60 @@ NAMES = models.model_names()
 
 # Exact trainable-parameter counts of the full-size default models.
 PARAM_COUNTS = {
-    "cspnet": 2_076_074,
-    "deep_cnn": 453_242,
-    "efficientnet_b0": 4_020_358,
-    "efficientnet_b1": 6_525_994,
-    "lenet5": 62_006,
-    "mobilenet_v2": 2_236_682,
-    "my_cnn": 1_336_170,
-    "resnet18": 11_173_962,
-    "resnet34": 21_282_122,
-    "resnet50": 23_520_842,
-    "resnet_budget": 4_697_162,
-    "simple_cnn": 80_090,
-    "speedrun": 1_971_352,  # + 288 frozen whitening weights in batch_stats
-    "swin_small": 48_805_732,
-    "swin_tiny": 27_505_108,
-    "vit_small": 21_342_346,
-    "vit_tiny": 5_362_762,
+  "cspnet": 2_076_074,
+  "deep_cnn": 453_242,
+  "efficientnet_b0": 4_020_358,
+  "efficientnet_b1": 6_525_994,
+  "lenet5": 62_006,
+  "mobilenet_v2": 2_236_682,
+  "my_cnn": 1_336_170,
+  "resnet18": 11_173_962,
+  "resnet34": 21_282_122,
+  "resnet50": 23_520_842,
+  "resnet_budget": 4_697_162,
+  "simple_cnn": 80_090,
+  "speedrun": 1_971_352,  # + 288 frozen whitening weights in batch_stats
+  "swin_small": 48_805_732,
+  "swin_tiny": 27_505_108,
+  "vit_small": 21_342_346,
+  "vit_tiny": 5_362_762,
 }
 
 # Reduced-size variants (module fields of the same code) for behavioural tests.
 # Variants whose small versions coincide (B0/B1, tiny/small, resnet18/34) share
 # one compilation (see `cached`); their full sizes differ in PARAM_COUNTS.
-_SMALL_EFFNET = dict(width_mult=0.25, depth_mult=1.0, head_features=64,
-                     strides=(1, 2), stages=((1, 3, 16, 1), (6, 5, 24, 2)))
+_SMALL_EFFNET = dict(
+  width_mult=0.25,
+  depth_mult=1.0,
+  head_features=64,
+  strides=(1, 2),
+  stages=((1, 3, 16, 1), (6, 5, 24, 2)),
+)
 # 8x8 tokens: a shifted, masked 4x4-window stage, then a 4x4 stage where the
 # window covers the whole map (no shift).
-_SMALL_SWIN = dict(patch_size=4, embed_dim=16, depths=(2, 1), num_heads=(1, 2),
-                   drop_path_rate=0.2)
+_SMALL_SWIN = dict(patch_size=4, embed_dim=16, depths=(2, 1), num_heads=(1, 2), drop_path_rate=0.2)
 _SMALL_VIT = dict(embed_dim=32, depth=2, num_heads=2)
 SMALL = {
-    "cspnet": dict(stem_width=8, widths=(16, 32), depths=(1,)),
-    "deep_cnn": dict(widths=(4, 4, 4, 4, 8, 8, 8, 8), hidden=(16, 8, 8, 8)),
-    "efficientnet_b0": _SMALL_EFFNET,
-    "efficientnet_b1": _SMALL_EFFNET,
-    "mobilenet_v2": dict(width_mult=0.25, last_features=64, strides=(1, 2),
-                         stages=((1, 16, 1), (6, 24, 2))),
-    "my_cnn": dict(widths=(8, 8, 8, 8, 16, 16), hidden=32),
-    "resnet18": dict(width=8, stage_sizes=(1, 1)),
-    "resnet34": dict(width=8, stage_sizes=(1, 1)),
-    "resnet50": dict(width=8, stage_sizes=(1, 1)),
-    # Non-default kernels and a 2x2 pooled map exercise every budget field.
-    "resnet_budget": dict(stage_sizes=(1, 1), widths=(8, 16), kernel_sizes=(3, 5),
-                          skip_kernel_sizes=(1, 3), pool_size=8),
-    "speedrun": dict(widths=(8, 16, 16)),
-    "swin_small": _SMALL_SWIN,
-    "swin_tiny": _SMALL_SWIN,
-    "vit_small": _SMALL_VIT,
-    "vit_tiny": _SMALL_VIT,
+  "cspnet": dict(stem_width=8, widths=(16, 32), depths=(1,)),
+  "deep_cnn": dict(widths=(4, 4, 4, 4, 8, 8, 8, 8), hidden=(16, 8, 8, 8)),
+  "efficientnet_b0": _SMALL_EFFNET,
+  "efficientnet_b1": _SMALL_EFFNET,
+  "mobilenet_v2": dict(
+    width_mult=0.25, last_features=64, strides=(1, 2), stages=((1, 16, 1), (6, 24, 2))
+  ),
+  "my_cnn": dict(widths=(8, 8, 8, 8, 16, 16), hidden=32),
+  "resnet18": dict(width=8, stage_sizes=(1, 1)),
+  "resnet34": dict(width=8, stage_sizes=(1, 1)),
+  "resnet50": dict(width=8, stage_sizes=(1, 1)),
+  # Non-default kernels and a 2x2 pooled map exercise every budget field.
+  "resnet_budget": dict(
+    stage_sizes=(1, 1), widths=(8, 16), kernel_sizes=(3, 5), skip_kernel_sizes=(1, 3), pool_size=8
+  ),
+  "speedrun": dict(widths=(8, 16, 16)),
+  "swin_small": _SMALL_SWIN,
+  "swin_tiny": _SMALL_SWIN,
+  "vit_small": _SMALL_VIT,
+  "vit_tiny": _SMALL_VIT,
 }
 
 # The tests run each executable a handful of times on tiny inputs, so LLVM's
@@ -109,13 +116,15 @@ def small_variables(name):
 
 def compiled_forward(model, variables, x):
   """Compiled (variables, x, dropout_key) -> (train logits, eval logits)."""
+
   def forward(variables, x, key):
-    train_logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": key})
+    train_logits, _ = model.apply(
+      variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+    )
     # No rngs in eval mode: any stochastic layer left on would fail here.
     return train_logits, model.apply(variables, x, train=False)
-  return cached("forward", model,
-                lambda: compile_fast(forward, variables, x, jax.random.key(0)))
+
+  return cached("forward", model, lambda: compile_fast(forward, variables, x, jax.random.key(0)))
 
 
 def test_every_model_is_pinned():
@@ -156,24 +165,27 @@ def test_a_few_adam_steps_lower_the_loss(name):
 
   def loss_fn(flat_params, batch_stats):
     logits, new_state = model.apply(
-        {"params": unravel(flat_params), "batch_stats": batch_stats}, x,
-        train=True, mutable=["batch_stats"], rngs={"dropout": dropout_key})
+      {"params": unravel(flat_params), "batch_stats": batch_stats},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_key},
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, new_state.get("batch_stats", {})
 
-  def step(flat_params, batch_stats, opt_state):
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        flat_params, batch_stats)
+  def train_step(flat_params, batch_stats, opt_state):
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(flat_params, batch_stats)
     updates, opt_state = tx.update(grads, opt_state, flat_params)
     return optax.apply_updates(flat_params, updates), batch_stats, opt_state, loss
 
   opt_state = tx.init(flat_params)
-  step = cached("step", model,
-                lambda: compile_fast(step, flat_params, batch_stats, opt_state))
+  step = cached(
+    "step", model, lambda: compile_fast(train_step, flat_params, batch_stats, opt_state)
+  )
   losses = []
   for _ in range(9):  # the 9th loss is the one after 8 updates
-    flat_params, batch_stats, opt_state, loss = step(flat_params, batch_stats,
-                                                     opt_state)
+    flat_params, batch_stats, opt_state, loss = step(flat_params, batch_stats, opt_state)
     losses.append(float(loss))
   assert np.isfinite(losses).all(), losses
   assert losses[-1] < losses[0], losses
@@ -223,8 +235,15 @@ def test_cli_json_lists_every_model():
 def test_cli_layers_prints_a_per_layer_table():
   table = run_cli(["lenet5", "--layers"])
   assert table.startswith("lenet5\n")
-  for text in ("Conv_0", "Dense_2", "float32[1,32,32,3]", "float32[1,28,28,6]", "flops",
-               "kernel: float32[5,5,3,6]", "Total Parameters: 62,006"):
+  for text in (
+    "Conv_0",
+    "Dense_2",
+    "float32[1,32,32,3]",
+    "float32[1,28,28,6]",
+    "flops",
+    "kernel: float32[5,5,3,6]",
+    "Total Parameters: 62,006",
+  ):
     assert text in table
   # The first convolution's row: 5*5*3 multiply-adds for each of 28*28*6
   # outputs, 2 FLOPs each, plus the bias adds.
@@ -248,7 +267,9 @@ def test_fast_max_pool_matches_flax_max_pool(shape, dtype):
   zeros do the same in real nets): each window's gradient goes to its first
   maximum, as select-and-scatter sends it."""
   import flax.linen as nn
+
   from cifar_jax.models import layers
+
   x = jnp.round(jax.random.normal(jax.random.key(0), shape) * 1.5).astype(dtype)
   x = jax.nn.relu(x)
   reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
@@ -258,5 +279,6 @@ def test_fast_max_pool_matches_flax_max_pool(shape, dtype):
   ours, theirs = grad(lambda x: layers.max_pool(x, 2)), grad(reference)
   np.testing.assert_array_equal(ours, theirs)
   # Each window passes its output's gradient on exactly once.
-  np.testing.assert_allclose(float(jnp.sum(ours.astype(jnp.float32))),
-                             float(jnp.sum(weights)), atol=1e-5)
+  np.testing.assert_allclose(
+    float(jnp.sum(ours.astype(jnp.float32))), float(jnp.sum(weights)), atol=1e-5
+  )

@@ -1,4 +1,5 @@
 """Schedules, weight-decay masks, learning-rate scaling and every optimizer."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,11 +29,13 @@ def test_cosine_warms_up_linearly_then_decays_to_the_end_value():
 
 
 def test_piecewise_decays_at_epoch_boundaries():
-  config = _config(name="piecewise", warmup_epochs=0.0, boundaries_epochs=(3.0, 6.0),
-                   decay_factor=0.1)
+  config = _config(
+    name="piecewise", warmup_epochs=0.0, boundaries_epochs=(3.0, 6.0), decay_factor=0.1
+  )
   lr = optim.create_learning_rate_fn(config, 100)
   assert [float(lr(s)) for s in (0, 299, 301, 599, 601)] == pytest.approx(
-      [0.1, 0.1, 0.01, 0.01, 0.001])
+    [0.1, 0.1, 0.01, 0.01, 0.001]
+  )
 
 
 def test_piecewise_with_warmup_keeps_boundaries_in_epochs():
@@ -65,17 +68,25 @@ def test_linear_scaling_with_batch_size():
 
 
 def test_decay_mask_skips_biases_and_norm_params():
-  params = {"conv": {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.ones(8)},
-            "bn": {"scale": jnp.ones(8)}}
-  assert optim.decay_mask(params, False) == {"conv": {"kernel": True, "bias": False},
-                                              "bn": {"scale": False}}
+  params = {
+    "conv": {"kernel": jnp.ones((3, 3, 3, 8)), "bias": jnp.ones(8)},
+    "bn": {"scale": jnp.ones(8)},
+  }
+  assert optim.decay_mask(params, False) == {
+    "conv": {"kernel": True, "bias": False},
+    "bn": {"scale": False},
+  }
   assert all(jax.tree.leaves(optim.decay_mask(params, True)))
-  vit_like = {"cls_token": jnp.zeros((1, 1, 8)), "pos_embedding": jnp.zeros((1, 5, 8)),
-              "attn": {"relative_position_bias_table": jnp.zeros((9, 2)),
-                       "kernel": jnp.zeros((8, 8))}}
+  vit_like = {
+    "cls_token": jnp.zeros((1, 1, 8)),
+    "pos_embedding": jnp.zeros((1, 5, 8)),
+    "attn": {"relative_position_bias_table": jnp.zeros((9, 2)), "kernel": jnp.zeros((8, 8))},
+  }
   assert optim.decay_mask(vit_like, False) == {
-      "cls_token": False, "pos_embedding": False,
-      "attn": {"relative_position_bias_table": False, "kernel": True}}
+    "cls_token": False,
+    "pos_embedding": False,
+    "attn": {"relative_position_bias_table": False, "kernel": True},
+  }
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "lars", "lamb"])
@@ -87,7 +98,7 @@ def test_every_optimizer_descends_a_quadratic(name):
   config.optimizer.grad_clip_norm = 10.0
   tx, _ = optim.create_optimizer(config, 10)
   params = {"w": jnp.full((4, 4), 3.0), "b": jnp.full((4,), -2.0)}
-  loss = lambda p: sum(jnp.sum(x ** 2) for x in jax.tree.leaves(p))  # noqa: E731
+  loss = lambda p: sum(jnp.sum(x**2) for x in jax.tree.leaves(p))  # noqa: E731
   state = tx.init(params)
   start = float(loss(params))
   for _ in range(20):
@@ -117,11 +128,11 @@ def test_unknown_optimizer():
 
 
 def test_linear_onecycle_is_airbench_triangle():
-  config = _config(name="linear_onecycle", pct_start=0.25, div_factor=5.0,
-                   end_lr_factor=0.1)
+  config = _config(name="linear_onecycle", pct_start=0.25, div_factor=5.0, end_lr_factor=0.1)
   lr = optim.create_learning_rate_fn(config, 100)  # 1000 steps, peak at 250
   assert [float(lr(s)) for s in (0, 125, 250, 625, 1000)] == pytest.approx(
-      [0.02, 0.06, 0.1, 0.055, 0.01])
+    [0.02, 0.06, 0.1, 0.055, 0.01]
+  )
 
 
 def test_norm_lr_multiplier_scales_the_gradient_not_the_decay():
@@ -131,11 +142,16 @@ def test_norm_lr_multiplier_scales_the_gradient_not_the_decay():
   config.optimizer.decay_norm_and_bias = True
   config.optimizer.norm_lr_multiplier = 64.0
   tx, _ = optim.create_optimizer(config, 10)
-  params = {"BatchNorm_0": {"bias": jnp.ones(2)}, "norm1": {"scale": jnp.ones(2)},
-            "Conv_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
-  grads = jax.tree.map(jnp.full_like, params, {"BatchNorm_0": {"bias": 1.0},
-                                               "norm1": {"scale": 1.0},
-                                               "Conv_0": {"kernel": 1.0, "bias": 1.0}})
+  params = {
+    "BatchNorm_0": {"bias": jnp.ones(2)},
+    "norm1": {"scale": jnp.ones(2)},
+    "Conv_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+  }
+  grads = jax.tree.map(
+    jnp.full_like,
+    params,
+    {"BatchNorm_0": {"bias": 1.0}, "norm1": {"scale": 1.0}, "Conv_0": {"kernel": 1.0, "bias": 1.0}},
+  )
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["BatchNorm_0"]["bias"], -0.1 * (64.0 + 0.5))
   np.testing.assert_allclose(updates["norm1"]["scale"], -0.1 * (64.0 + 0.5))
@@ -160,9 +176,13 @@ def _muon_config(**optimizer):
 
 def _conv_and_dense_params():
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
-  return {"Conv_0": {"kernel": jax.random.normal(keys[0], (3, 3, 8, 16))},
-          "Dense_0": {"kernel": jax.random.normal(keys[1], (16, 10)),
-                      "bias": jax.random.normal(keys[2], (10,))}}
+  return {
+    "Conv_0": {"kernel": jax.random.normal(keys[0], (3, 3, 8, 16))},
+    "Dense_0": {
+      "kernel": jax.random.normal(keys[1], (16, 10)),
+      "bias": jax.random.normal(keys[2], (10,)),
+    },
+  }
 
 
 def test_muon_orthogonalises_kernel_updates_at_the_scheduled_rate():
@@ -175,8 +195,10 @@ def test_muon_orthogonalises_kernel_updates_at_the_scheduled_rate():
   assert muon_lr == pytest.approx(0.05)
   # The (3*3*8) x 16 matrix of the update has every singular value near
   # muon_lr: Newton-Schulz's approximate orthogonalisation (0.5 to 1.5).
-  singular = np.linalg.svd(np.asarray(updates["Conv_0"]["kernel"]).reshape(72, 16),
-                           compute_uv=False) / muon_lr
+  singular = (
+    np.linalg.svd(np.asarray(updates["Conv_0"]["kernel"]).reshape(72, 16), compute_uv=False)
+    / muon_lr
+  )
   assert singular.min() > 0.5 and singular.max() < 1.5
   # Its direction is the gradient's, orthogonalised: a descent direction.
   assert float(jnp.vdot(updates["Conv_0"]["kernel"], grads["Conv_0"]["kernel"])) < 0
@@ -209,7 +231,9 @@ def test_muon_fixed_norm_rescales_kernels_to_sqrt_output_channels():
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   new = optax.apply_updates(params, updates)
   assert float(jnp.linalg.norm(new["Conv_0"]["kernel"])) == pytest.approx(4.0, rel=1e-5)
-  np.testing.assert_allclose(new["Conv_0"]["kernel"] / params["Conv_0"]["kernel"],
-                             4.0 / float(jnp.linalg.norm(params["Conv_0"]["kernel"])),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    new["Conv_0"]["kernel"] / params["Conv_0"]["kernel"],
+    4.0 / float(jnp.linalg.norm(params["Conv_0"]["kernel"])),
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(new["Dense_0"]["kernel"], params["Dense_0"]["kernel"])

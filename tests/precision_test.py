@@ -1,38 +1,38 @@
 """The per-machine choice of precision and convolutions (cifar_jax/precision.py):
 what each kind of machine gets, the one-line notice, and the errors."""
+
 import os
 import subprocess
 import sys
 
 import jax.numpy as jnp
 import pytest
+from conftest import REPO_ROOT
 
 from cifar_jax import cpu_conv
 from cifar_jax import precision
-from conftest import REPO_ROOT
 from cifar_jax.configs import base
 
 AVX2 = precision.Machine("cpu", "avx2", False, None, onednn_f32=True, onednn_bf16=False)
-ZEN4 = precision.Machine("cpu", "avx512_core_bf16", True, None, onednn_f32=True,
-                         onednn_bf16=True)
+ZEN4 = precision.Machine("cpu", "avx512_core_bf16", True, None, onednn_f32=True, onednn_bf16=True)
 NO_EXTENSION = precision.Machine("cpu", "avx2", False, "ImportError: no module")
 GPU = precision.Machine("gpu", "", True, None)
 
 
-def _choose(machine, half_precision=False, conv_backend="auto", num_devices=1,
-            parallel="jit"):
+def _choose(machine, half_precision=False, conv_backend="auto", num_devices=1, parallel="jit"):
   config = base.get_config()
   config.half_precision = half_precision
   config.conv_backend = conv_backend
-  return precision.choose(config, num_devices=num_devices, parallel=parallel,
-                          machine=machine)
+  return precision.choose(config, num_devices=num_devices, parallel=parallel, machine=machine)
 
 
 def test_auto_is_bf16_only_where_native():
   avx2 = _choose(AVX2, "auto")
   assert (avx2.dtype, avx2.conv) == (jnp.float32, "onednn")
-  assert avx2.notice == ("Compute: float32, oneDNN convolutions; half_precision=auto: "
-                         "this CPU (avx2) has no native bf16.")
+  assert avx2.notice == (
+    "Compute: float32, oneDNN convolutions; half_precision=auto: "
+    "this CPU (avx2) has no native bf16."
+  )
   zen4 = _choose(ZEN4, "auto")
   assert (zen4.dtype, zen4.conv) == (jnp.bfloat16, "onednn")
   assert "this CPU (avx512_core_bf16) has native bf16" in zen4.notice
@@ -91,9 +91,18 @@ def test_xla_form_is_float32_xla():
 def test_onednn_max_cpu_isa_avx2_makes_this_machine_a_no_bf16_one():
   """What `Machine.detect` reads honours ONEDNN_MAX_CPU_ISA, which is how the
   AVX2 path is tested on AVX-512 machines."""
-  code = ("from cifar_jax import precision; m = precision.Machine.detect(); "
-          "print(m.cpu_isa, m.native_bf16, m.onednn_f32, m.onednn_bf16)")
+  code = (
+    "from cifar_jax import precision; m = precision.Machine.detect(); "
+    "print(m.cpu_isa, m.native_bf16, m.onednn_f32, m.onednn_bf16)"
+  )
   env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": ""}
-  out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, timeout=120,
-                       capture_output=True, text=True, check=True).stdout.split()
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    env=env,
+    cwd=REPO_ROOT,
+    timeout=120,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.split()
   assert out == ["avx2", "False", "True", "False"]

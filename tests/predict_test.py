@@ -1,5 +1,6 @@
 """Tests of cifar_jax.predict (and Checkpointer.restore of a given step): a tiny
 lenet5 run is trained once, then classifies PNG and JPEG files through `main`."""
+
 import csv
 import json
 
@@ -27,8 +28,12 @@ def workdir(tmp_path_factory, compile_cache):
   config = make_tiny_config(compile_cache)
   config.num_epochs = 2
   path = tmp_path_factory.mktemp("lenet5")
-  train.train_and_evaluate(config, path, train_split=make_split(32, learnable=True),
-                           eval_split=make_split(32, seed=1, learnable=True))
+  train.train_and_evaluate(
+    config,
+    path,
+    train_split=make_split(32, learnable=True),
+    eval_split=make_split(32, seed=1, learnable=True),
+  )
   return path
 
 
@@ -71,20 +76,24 @@ def test_read_image_converts_any_png_or_jpeg_to_32x32_rgb(tmp_path):
   colour = np.zeros((300, 200, 3), np.uint8)
   colour[..., 0] = 200
   Image.fromarray(colour).save(tmp_path / "c.png")
-  for name, expected in (("t.png", (255, 255, 255)), ("g.jpg", (77, 77, 77)),
-                         ("c.png", (200, 0, 0))):
+  for name, expected in (
+    ("t.png", (255, 255, 255)),
+    ("g.jpg", (77, 77, 77)),
+    ("c.png", (200, 0, 0)),
+  ):
     image = predict.read_image(tmp_path / name)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-    np.testing.assert_allclose(image.reshape(-1, 3), np.broadcast_to(expected, (1024, 3)),
-                               atol=1)
+    np.testing.assert_allclose(image.reshape(-1, 3), np.broadcast_to(expected, (1024, 3)), atol=1)
 
 
 def test_predicts_a_folder_to_jsonl_best_first_and_skips_the_unreadable(
-    workdir, images, tmp_path, capsys):
+  workdir, images, tmp_path, capsys
+):
   out = tmp_path / "preds.jsonl"
   # Batches of 2 for 4 files: a full batch and a padded one.
-  captured = run_main(["--workdir", workdir, "--top_k=4", "--batch_size=2", "--output", out,
-                       images], capsys)
+  captured = run_main(
+    ["--workdir", workdir, "--top_k=4", "--batch_size=2", "--output", out, images], capsys
+  )
   assert "cannot read" in captured.err and "broken.png" in captured.err
   assert "lenet5 step " in captured.err
   lines = out.read_text().splitlines()
@@ -93,8 +102,11 @@ def test_predicts_a_folder_to_jsonl_best_first_and_skips_the_unreadable(
   assert [p.split(":")[0] for p in printed] == [str(images / f) for f in READABLE]
 
   trained = predict.load_trained(workdir)
-  expected = np.asarray(jax.jit(predict.probabilities_fn(trained.model))(
-      trained.variables, np.stack([predict.read_image(images / f) for f in READABLE])))
+  expected = np.asarray(
+    jax.jit(predict.probabilities_fn(trained.model))(
+      trained.variables, np.stack([predict.read_image(images / f) for f in READABLE])
+    )
+  )
   for line, probs in zip(lines, expected):
     row = json.loads(line)
     assert set(row) == {"file", "predictions"}
@@ -105,8 +117,11 @@ def test_predicts_a_folder_to_jsonl_best_first_and_skips_the_unreadable(
     got = [p["probability"] for p in row["predictions"]]
     assert got == sorted(got, reverse=True)
     np.testing.assert_allclose(got, probs[best], rtol=1e-5)
-  assert printed[0].endswith(", ".join(f"{CLASSES[i]} {expected[0][i]:.3f}"
-                                       for i in np.argsort(-expected[0], kind="stable")[:4]))
+  assert printed[0].endswith(
+    ", ".join(
+      f"{CLASSES[i]} {expected[0][i]:.3f}" for i in np.argsort(-expected[0], kind="stable")[:4]
+    )
+  )
 
 
 def test_csv_output_holds_the_same_predictions_flattened(workdir, images, tmp_path, capsys):
@@ -117,9 +132,11 @@ def test_csv_output_holds_the_same_predictions_flattened(workdir, images, tmp_pa
   with open(table, newline="") as f:
     rows = list(csv.reader(f))
   assert rows[0] == ["file", "rank", "class", "probability"]
-  expected = [[row["file"], str(rank), p["class"], p["probability"]]
-              for row in map(json.loads, jsonl.read_text().splitlines())
-              for rank, p in enumerate(row["predictions"], 1)]
+  expected = [
+    [row["file"], str(rank), p["class"], p["probability"]]
+    for row in map(json.loads, jsonl.read_text().splitlines())
+    for rank, p in enumerate(row["predictions"], 1)
+  ]
   assert len(rows) == 1 + 2 * 3  # the default top_k is 3
   for got, want in zip(rows[1:], expected):
     assert got[:3] == want[:3]
@@ -130,8 +147,19 @@ def test_step_chooses_the_checkpoint(workdir, images, tmp_path, capsys):
   outputs = {}
   for step in (1, 2):
     out = tmp_path / f"step{step}.jsonl"
-    captured = run_main(["--workdir", workdir, f"--step={step}", "--output", out,
-                         "--config", workdir / "config.json", images / "a.png"], capsys)
+    captured = run_main(
+      [
+        "--workdir",
+        workdir,
+        f"--step={step}",
+        "--output",
+        out,
+        "--config",
+        workdir / "config.json",
+        images / "a.png",
+      ],
+      capsys,
+    )
     assert f"lenet5 step {step} " in captured.err
     outputs[step] = json.loads(out.read_text())["predictions"]
   assert outputs[1] != outputs[2]
@@ -141,8 +169,9 @@ def test_step_chooses_the_checkpoint(workdir, images, tmp_path, capsys):
 
 def test_checkpointer_restores_a_given_step(workdir):
   config = predict.load_config(workdir)
-  template = run_lib.build_run(config, layout=run_lib.Layout(
-      parallel.DataParallel("jit", 1), precision.XLA_FORM)).state
+  template = run_lib.build_run(
+    config, layout=run_lib.Layout(parallel.DataParallel("jit", 1), precision.XLA_FORM)
+  ).state
   ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True)
   try:
     assert ckpt.saved_steps() == [1, 2]

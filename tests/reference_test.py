@@ -14,6 +14,7 @@ Logits must agree to ``TOLERANCE`` times the largest reference logit (see
 ``assert_logits_equal``). Skipped without torch, torchvision and timm (the
 ``reference`` extra).
 """
+
 import ast
 import importlib.util
 import inspect
@@ -47,7 +48,8 @@ def _import_torchvision():
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
       del sys.modules[name]
     sys.modules["torchvision._meta_registrations"] = types.ModuleType(
-        "torchvision._meta_registrations")
+      "torchvision._meta_registrations"
+    )
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # "Failed to load image Python extension" and co.
       import torchvision
@@ -110,8 +112,12 @@ def cached(kind, model, *shapes, build):
 def template(model, size: int):
   """The variables' shapes, allocating nothing."""
   x = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
-  return cached("template", model, size, build=lambda: jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), x))
+  return cached(
+    "template",
+    model,
+    size,
+    build=lambda: jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x),
+  )
 
 
 def state_dict_of(module):
@@ -121,9 +127,14 @@ def state_dict_of(module):
 def compiled(kind, model, fn, *args):
   # Each executable runs once or twice: LLVM's optimisations would cost more
   # than they save.
-  return cached(kind, model, *[np.shape(a) for a in jax.tree.leaves(args)], build=lambda: (
-      jax.jit(fn).lower(*args).compile(
-          compiler_options={"xla_backend_optimization_level": 0})))
+  return cached(
+    kind,
+    model,
+    *[np.shape(a) for a in jax.tree.leaves(args)],
+    build=lambda: (
+      jax.jit(fn).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
+    ),
+  )
 
 
 def flax_logits(model, variables, images, train: bool = False):
@@ -156,7 +167,8 @@ def compare(reference, model, convert, size: int, batch: int):
   assert_logits_equal(flax_logits(model, variables, images), expected)
   # The conversion is strict, so the parameter counts agree too.
   assert sum(p.numel() for p in reference.parameters()) == sum(
-      np.size(leaf) for leaf in jax.tree.leaves(variables["params"]))
+    np.size(leaf) for leaf in jax.tree.leaves(variables["params"])
+  )
 
 
 def timm_vit(name, **options):
@@ -166,23 +178,36 @@ def timm_vit(name, **options):
 # ImageNet settings: the stock reference, our model with its ImageNet options.
 IMAGENET_STRIDES = dict(stem_stride=2, strides=(1, 2, 2, 2, 1, 2, 1))
 IMAGENET = {
-    "resnet18": (tv_resnet.resnet18, dict(stem="imagenet"), torch_weights.resnet_variables),
-    "resnet34": (tv_resnet.resnet34, dict(stem="imagenet"), torch_weights.resnet_variables),
-    "resnet50": (tv_resnet.resnet50, dict(stem="imagenet"), torch_weights.resnet_variables),
-    "mobilenet_v2": (tv_mobilenet.mobilenet_v2, IMAGENET_STRIDES,
-                     torch_weights.mobilenet_v2_variables),
-    "efficientnet_b0": (tv_efficientnet.efficientnet_b0, IMAGENET_STRIDES,
-                        torch_weights.efficientnet_variables),
-    "efficientnet_b1": (tv_efficientnet.efficientnet_b1, IMAGENET_STRIDES,
-                        torch_weights.efficientnet_variables),
-    "swin_tiny": (tv_swin.swin_t, dict(patch_size=4, window_size=7),
-                  torch_weights.swin_variables),
-    "swin_small": (tv_swin.swin_s, dict(patch_size=4, window_size=7),
-                   torch_weights.swin_variables),
-    "vit_tiny": (lambda: timm_vit("vit_tiny_patch16_224"), dict(patch_size=16),
-                 torch_weights.vit_variables),
-    "vit_small": (lambda: timm_vit("vit_small_patch16_224"), dict(patch_size=16),
-                  torch_weights.vit_variables),
+  "resnet18": (tv_resnet.resnet18, dict(stem="imagenet"), torch_weights.resnet_variables),
+  "resnet34": (tv_resnet.resnet34, dict(stem="imagenet"), torch_weights.resnet_variables),
+  "resnet50": (tv_resnet.resnet50, dict(stem="imagenet"), torch_weights.resnet_variables),
+  "mobilenet_v2": (
+    tv_mobilenet.mobilenet_v2,
+    IMAGENET_STRIDES,
+    torch_weights.mobilenet_v2_variables,
+  ),
+  "efficientnet_b0": (
+    tv_efficientnet.efficientnet_b0,
+    IMAGENET_STRIDES,
+    torch_weights.efficientnet_variables,
+  ),
+  "efficientnet_b1": (
+    tv_efficientnet.efficientnet_b1,
+    IMAGENET_STRIDES,
+    torch_weights.efficientnet_variables,
+  ),
+  "swin_tiny": (tv_swin.swin_t, dict(patch_size=4, window_size=7), torch_weights.swin_variables),
+  "swin_small": (tv_swin.swin_s, dict(patch_size=4, window_size=7), torch_weights.swin_variables),
+  "vit_tiny": (
+    lambda: timm_vit("vit_tiny_patch16_224"),
+    dict(patch_size=16),
+    torch_weights.vit_variables,
+  ),
+  "vit_small": (
+    lambda: timm_vit("vit_small_patch16_224"),
+    dict(patch_size=16),
+    torch_weights.vit_variables,
+  ),
 }
 
 
@@ -191,8 +216,9 @@ IMAGENET = {
 def test_imagenet_settings_equal_the_reference(name):
   build, options, convert = IMAGENET[name]
   torch.manual_seed(0)
-  compare(build(), models.get_model(name, num_classes=1000, **options), convert,
-          224, IMAGENET_BATCH)
+  compare(
+    build(), models.get_model(name, num_classes=1000, **options), convert, 224, IMAGENET_BATCH
+  )
 
 
 # CIFAR settings: our registered defaults against the reference changed as
@@ -206,8 +232,15 @@ def cifar_resnet(build):
 
 def cifar_mobilenet_v2():
   # torchvision's table with the 24-channel stage at stride 1, and a stride-1 stem.
-  setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1],
-             [6, 160, 3, 2], [6, 320, 1, 1]]
+  setting = [
+    [1, 16, 1, 1],
+    [6, 24, 2, 1],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+  ]
   net = tv_mobilenet.mobilenet_v2(num_classes=10, inverted_residual_setting=setting)
   net.features[0][0].stride = (1, 1)
   return net
@@ -222,8 +255,14 @@ def cifar_efficientnet(build):
 
 def cifar_swin(depths, stochastic_depth_prob):
   net = tv_swin.SwinTransformer(
-      patch_size=[2, 2], embed_dim=96, depths=depths, num_heads=[3, 6, 12, 24],
-      window_size=[4, 4], stochastic_depth_prob=stochastic_depth_prob, num_classes=10)
+    patch_size=[2, 2],
+    embed_dim=96,
+    depths=depths,
+    num_heads=[3, 6, 12, 24],
+    window_size=[4, 4],
+    stochastic_depth_prob=stochastic_depth_prob,
+    num_classes=10,
+  )
   # The last stage sees 2x2 tokens: one 2x2 window, as in the official code;
   # torchvision would zero-pad the map to its 4x4 window instead.
   for block in net.features[7]:
@@ -237,13 +276,17 @@ def cifar_swin(depths, stochastic_depth_prob):
 # One member per family: its siblings differ from it in widths and depths
 # only, which the ImageNet comparisons cover.
 CIFAR = {
-    "resnet18": (lambda: cifar_resnet(tv_resnet.resnet18), torch_weights.resnet_variables),
-    "mobilenet_v2": (cifar_mobilenet_v2, torch_weights.mobilenet_v2_variables),
-    "efficientnet_b0": (lambda: cifar_efficientnet(tv_efficientnet.efficientnet_b0),
-                        torch_weights.efficientnet_variables),
-    "swin_tiny": (lambda: cifar_swin([2, 2, 6, 2], 0.2), torch_weights.swin_variables),
-    "vit_tiny": (lambda: timm_vit("vit_tiny_patch16_224", patch_size=4, img_size=32,
-                                  num_classes=10), torch_weights.vit_variables),
+  "resnet18": (lambda: cifar_resnet(tv_resnet.resnet18), torch_weights.resnet_variables),
+  "mobilenet_v2": (cifar_mobilenet_v2, torch_weights.mobilenet_v2_variables),
+  "efficientnet_b0": (
+    lambda: cifar_efficientnet(tv_efficientnet.efficientnet_b0),
+    torch_weights.efficientnet_variables,
+  ),
+  "swin_tiny": (lambda: cifar_swin([2, 2, 6, 2], 0.2), torch_weights.swin_variables),
+  "vit_tiny": (
+    lambda: timm_vit("vit_tiny_patch16_224", patch_size=4, img_size=32, num_classes=10),
+    torch_weights.vit_variables,
+  ),
 }
 
 
@@ -275,9 +318,13 @@ def test_resnet18_train_mode_and_running_statistics_equal_torch():
   assert len(flat_ours) == len(flat_theirs) == 2 * 20  # mean and var of 20 BatchNorms
   for path, ours in flat_ours:
     theirs = np.asarray(flat_theirs[path])
-    np.testing.assert_allclose(ours, theirs, rtol=TOLERANCE,
-                               atol=TOLERANCE * float(np.max(np.abs(theirs))),
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      ours,
+      theirs,
+      rtol=TOLERANCE,
+      atol=TOLERANCE * float(np.max(np.abs(theirs))),
+      err_msg=jax.tree_util.keystr(path),
+    )
   # The running statistics really moved (the comparison is not of initial values).
   before = variables["batch_stats"]["BatchNorm_0"]["var"]
   assert np.max(np.abs(np.asarray(batch_stats["BatchNorm_0"]["var"]) - before)) > 1e-2
@@ -321,7 +368,8 @@ def test_converters_reject_missing_left_over_and_misshapen_weights():
 def test_the_converters_import_no_torch():
   """Only callers that hold a state_dict need torch."""
   tree = ast.parse(inspect.getsource(torch_weights))
-  imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-              for alias in node.names]
+  imported = [
+    alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+  ]
   imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
   assert not [m for m in imported if m.split(".")[0] in ("torch", "torchvision", "timm")]

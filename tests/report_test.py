@@ -7,6 +7,7 @@ Two tiny lenet5 runs are trained once for the module: "evaluated" (then
 that is still starting. The runs are shared by the tests of every part of the
 report (runs, figures, markdown, write, the command line), hence one file.
 """
+
 import json
 import math
 import os
@@ -17,6 +18,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
+from conftest import make_split
+from conftest import make_tiny_config
 
 from cifar_jax import evaluate
 from cifar_jax import report
@@ -24,7 +28,6 @@ from cifar_jax import train
 from cifar_jax.report import __main__ as report_main
 from cifar_jax.report import figures
 from cifar_jax.report import write
-from conftest import REPO_ROOT, make_split, make_tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +35,17 @@ def runs(tmp_path_factory, compile_cache):
   root = tmp_path_factory.mktemp("runs")
   train_split, eval_split = make_split(96, learnable=True), make_split(40, seed=1)
   config = make_tiny_config(compile_cache)
-  train.train_and_evaluate(config, root / "evaluated", train_split=train_split,
-                           eval_split=eval_split)
+  train.train_and_evaluate(
+    config, root / "evaluated", train_split=train_split, eval_split=eval_split
+  )
   evaluate.evaluate(config, root / "evaluated", split=eval_split)
   config = make_tiny_config(compile_cache)
   config.wandb.project = "cifar_jax_test"
   with pytest.MonkeyPatch.context() as mp:
     mp.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
-    train.train_and_evaluate(config, root / "unevaluated", train_split=train_split,
-                             eval_split=eval_split)
+    train.train_and_evaluate(
+      config, root / "unevaluated", train_split=train_split, eval_split=eval_split
+    )
   (root / "starting").mkdir()
   shutil.copy(root / "evaluated" / "config.json", root / "starting" / "config.json")
   return root
@@ -62,7 +67,7 @@ def written(runs, tmp_path_factory):
 
 
 def _records(workdir):
-  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _sections(markdown):
@@ -80,8 +85,14 @@ def _number(text):
 
 
 def test_report_writes_every_file(written):
-  expected = ["report.md", "curves.png", "per_class.png", "accuracy_vs_params.png",
-              "confusion_evaluated.png", "mistakes_evaluated.png"]
+  expected = [
+    "report.md",
+    "curves.png",
+    "per_class.png",
+    "accuracy_vs_params.png",
+    "confusion_evaluated.png",
+    "mistakes_evaluated.png",
+  ]
   for name in expected:
     assert (written / name).stat().st_size > 0, name
   assert sorted(p.name for p in written.iterdir()) == sorted(expected)
@@ -109,7 +120,8 @@ def test_report_numbers_match_the_runs(runs, written):
     time = table["Train time (sum of epoch times)"]
     assert _number(time) == pytest.approx(round(sum(r["epoch_time_s"] for r in records), 1))
     assert _number(table["Throughput (mean train img/s)"]) == pytest.approx(
-        round(np.mean([r["train_img_per_s"] for r in records])))
+      round(np.mean([r["train_img_per_s"] for r in records]))
+    )
   eval_row = sections["evaluated (lenet5)"]["`--mode=eval` validation accuracy on `train[45000:]`"]
   assert _number(eval_row) == pytest.approx(round(100 * result["accuracy"], 2))
   assert "on 40 examples" in eval_row
@@ -141,12 +153,21 @@ def test_missing_and_partial_workdirs_do_not_crash(runs, tmp_path):
   assert [r["epoch"] for r in run.metrics] == [1]
   assert run.model == "lenet5" and run.primary_eval["accuracy"] >= 0
   assert any("config.json" in note for note in run.notes)
-  written = report.write_report([partial, tmp_path / "absent", partial], tmp_path / "out",
-                                flops=False)
+  written = report.write_report(
+    [partial, tmp_path / "absent", partial], tmp_path / "out", flops=False
+  )
   names = sorted(p.name for p in written)
   # The same basename twice gets two file names.
-  assert names == sorted(["curves.png", "per_class.png", "accuracy_vs_params.png",
-                          "confusion_partial.png", "confusion_partial_2.png", "report.md"])
+  assert names == sorted(
+    [
+      "curves.png",
+      "per_class.png",
+      "accuracy_vs_params.png",
+      "confusion_partial.png",
+      "confusion_partial_2.png",
+      "report.md",
+    ]
+  )
   markdown = (tmp_path / "out" / "report.md").read_text()
   assert "does not exist" in markdown and "FLOPs (forward, 1 image) | n/a" in markdown
   written = report.write_report([tmp_path / "absent"], tmp_path / "empty")
@@ -161,26 +182,37 @@ def test_a_malformed_metrics_line_is_noted_unless_it_is_the_last(runs, tmp_path)
   run = report.load_run(tmp_path)
   assert [r["epoch"] for r in run.metrics] == [1, 2]
   assert [n for n in run.notes if n.startswith("skipped")] == [
-      "skipped a malformed line 2 of `metrics.jsonl`"]
+    "skipped a malformed line 2 of `metrics.jsonl`"
+  ]
 
 
 def test_confusion_image_is_rgb_uint8():
-  result = {"accuracy": 0.5, "step": 3, "split": "test", "model": "lenet5",
-            "class_names": ["a", "b"], "confusion_matrix": [[3, 1], [2, 2]]}
+  result = {
+    "accuracy": 0.5,
+    "step": 3,
+    "split": "test",
+    "model": "lenet5",
+    "class_names": ["a", "b"],
+    "confusion_matrix": [[3, 1], [2, 2]],
+  }
   image = figures.confusion_image(result)
   assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
   assert image.min() < 100 < 200 < image.max()  # drawn, not blank
 
 
-@pytest.mark.parametrize("args, workdirs, flops", [
+@pytest.mark.parametrize(
+  "args, workdirs, flops",
+  [
     (["--out=o", "a", "b"], ["a", "b"], True),
     (["--workdirs=a,b", "--out=o"], ["a", "b"], True),
     (["--workdirs", "a", "b", "--out", "o"], ["a", "b"], True),  # the argparse version's form
     (["--workdirs=a", "--out=o", "b"], ["a", "b"], True),
     (["--noflops", "--out=o", "a"], ["a"], False),
-])
-def test_command_line_takes_workdirs_after_the_flags_or_as_a_list(monkeypatch, args, workdirs,
-                                                                   flops):
+  ],
+)
+def test_command_line_takes_workdirs_after_the_flags_or_as_a_list(
+  monkeypatch, args, workdirs, flops
+):
   calls = []
   monkeypatch.setattr(write, "write_report", lambda *a, **k: calls.append((a, k)) or [])
   assert run_report(*args) == 0
@@ -212,9 +244,14 @@ def test_command_line_errors_say_what_is_missing(tmp_path):
 
 
 def test_help_shows_the_usage_and_the_flags():
-  result = subprocess.run([sys.executable, "-m", "cifar_jax.report", "--help"], cwd=REPO_ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-m", "cifar_jax.report", "--help"],
+    cwd=REPO_ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr
   assert "python -m cifar_jax.report --out=reports/cmp runs/lenet5 runs/r18" in result.stdout
   for flag in ("--workdirs", "--out", "--[no]flops"):
@@ -226,6 +263,7 @@ def _summaries(workdir):
   TensorBoard reads them; a scalar's value is a float, an image's the
   (width, height, PNG bytes) that tf.summary.image stores."""
   import tensorflow as tf
+
   out = []
   for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -241,14 +279,23 @@ def test_tensorboard_has_the_epoch_scalars_and_the_confusion_image(runs):
       if value.ndim == 0:
         scalars.setdefault(tag, []).append((step, float(value)))
     records = _records(runs / name)
-    for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-                "learning_rate", "epoch_time_s", "train_img_per_s"):
+    for key in (
+      "train_loss",
+      "train_accuracy",
+      "eval_loss",
+      "eval_accuracy",
+      "learning_rate",
+      "epoch_time_s",
+      "train_img_per_s",
+    ):
       expected = [(r["step"], r[key]) for r in records]
       assert [s for s, _ in scalars[key]] == [s for s, _ in expected], key
-      np.testing.assert_allclose([v for _, v in scalars[key]], [v for _, v in expected],
-                                 rtol=1e-6)
-  images = [(step, value) for tag, step, value in _summaries(runs / "evaluated")
-            if tag == "eval/confusion_matrix"]
+      np.testing.assert_allclose([v for _, v in scalars[key]], [v for _, v in expected], rtol=1e-6)
+  images = [
+    (step, value)
+    for tag, step, value in _summaries(runs / "evaluated")
+    if tag == "eval/confusion_matrix"
+  ]
   assert len(images) == 1
   step, (width, height, png) = images[0]
   result = json.loads((runs / "evaluated" / "eval_train_45000.json").read_text())

@@ -11,6 +11,7 @@ and checkpointed every epoch) and, with FAULT, sends itself SIGKILL
   is considered;
 - `best_save:S`: while best/S is being written.
 """
+
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ def _install_fault(fault: str) -> None:
   value = int(value)
   if kind == "mid_epoch":
     from cifar_jax import metrics
+
     original_add, calls = metrics.Accumulator.add, [0]
 
     def add(self, step_metrics):
@@ -45,12 +47,13 @@ def _install_fault(fault: str) -> None:
       calls[0] += "first_bad_step" in step_metrics  # training steps only
       if calls[0] == value:
         _kill_self()
+
     metrics.Accumulator.add = add
     return
   from orbax.checkpoint._src.path import atomicity
+
   original_finalize = atomicity.AtomicRenameTemporaryPath.finalize
-  folder = {"latest_save": "checkpoints", "between_saves": "checkpoints",
-            "best_save": "best"}[kind]
+  folder = {"latest_save": "checkpoints", "between_saves": "checkpoints", "best_save": "best"}[kind]
 
   async def finalize(self, *args, **kwargs):
     final = Path(str(self._final_path))
@@ -60,20 +63,29 @@ def _install_fault(fault: str) -> None:
     await original_finalize(self, *args, **kwargs)
     if ours:
       _kill_self()
+
   atomicity.AtomicRenameTemporaryPath.finalize = finalize
 
 
 def _train(workdir: str, compile_cache: str, fault: str | None = None) -> None:
   import jax
+
   from cifar_jax import train
+
   jax.devices()  # one device: the backend starts before conftest adds fake ones
-  from conftest import make_split, make_tiny_config
+  from conftest import make_split
+  from conftest import make_tiny_config
+
   if fault:
     _install_fault(fault)
   config = make_tiny_config(compile_cache)
   config.num_epochs = 3
-  train.train_and_evaluate(config, workdir, train_split=make_split(160, learnable=True),
-                           eval_split=make_split(40, seed=1, learnable=True))
+  train.train_and_evaluate(
+    config,
+    workdir,
+    train_split=make_split(160, learnable=True),
+    eval_split=make_split(40, seed=1, learnable=True),
+  )
 
 
 def _run(workdir, compile_cache, fault=None):
@@ -83,19 +95,21 @@ def _run(workdir, compile_cache, fault=None):
 
 
 def _final_state(workdir: Path):
-  records = [{k: v for k, v in r.items() if k not in TIME_KEYS}
-             for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+  records = [
+    {k: v for k, v in r.items() if k not in TIME_KEYS}
+    for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+  ]
   best = sorted(p.name for p in (workdir / "best").iterdir())
   best_meta = json.loads((workdir / "best" / best[0] / "meta" / "metadata").read_text())
   latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   import orbax.checkpoint as ocp
+
   state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(latest) / "state")
   best_metrics = {k: v for k, v in best_meta["metrics"].items() if k not in TIME_KEYS}
   return records, best, best_metrics, latest, state["params"]
 
 
-def test_killed_at_every_kind_of_moment_resumes_to_the_uninterrupted_run(tmp_path,
-                                                                         compile_cache):
+def test_killed_at_every_kind_of_moment_resumes_to_the_uninterrupted_run(tmp_path, compile_cache):
   reference = _run(tmp_path / "reference", compile_cache)
   assert reference.returncode == 0, reference.stderr[-3000:]
   killed = tmp_path / "killed"
@@ -104,7 +118,8 @@ def test_killed_at_every_kind_of_moment_resumes_to_the_uninterrupted_run(tmp_pat
     assert result.returncode == -signal.SIGKILL, (fault, result.stderr[-3000:])
     # What a reader (the search resuming a trial) sees: the newest finalized save.
     assert checkpoint.latest_step(killed) == max(
-        int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()), fault
+      int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit()
+    ), fault
   final = _run(killed, compile_cache)
   assert final.returncode == 0, final.stderr[-3000:]
   assert not list(killed.rglob("*.orbax-checkpoint-tmp*")), "temporary directories left"

@@ -1,18 +1,25 @@
 """The files of a search directory: trials.jsonl read back after a kill, the
 best trial, and best_config.py, which trains with main.py from anywhere."""
+
 import json
 import os
 import subprocess
 import sys
 
+from search_fixtures import load_config_file  # noqa: F401 (fixtures)
+
 from cifar_jax import search
 from cifar_jax.search import artifacts
-from search_fixtures import load_config_file, search_config, splits  # noqa: F401 (fixtures)
 
 
 def _row(trial_id, epochs, accuracy, params, status="completed"):
-  return {"trial_id": trial_id, "epochs": epochs, "final_eval_accuracy": accuracy,
-          "params": params, "status": status}
+  return {
+    "trial_id": trial_id,
+    "epochs": epochs,
+    "final_eval_accuracy": accuracy,
+    "params": params,
+    "status": status,
+  }
 
 
 def test_trials_jsonl_keeps_the_whole_lines_of_a_killed_search(tmp_path):
@@ -25,8 +32,12 @@ def test_trials_jsonl_keeps_the_whole_lines_of_a_killed_search(tmp_path):
 
 
 def test_the_best_trial_trained_longest_then_scored_best_then_is_smallest():
-  rows = [_row("long", 4, 0.3, 100), _row("short", 2, 0.9, 100),
-          _row("diverged", 4, 0.8, 100, status="diverged"), _row("unscored", 4, None, 100)]
+  rows = [
+    _row("long", 4, 0.3, 100),
+    _row("short", 2, 0.9, 100),
+    _row("diverged", 4, 0.8, 100, status="diverged"),
+    _row("unscored", 4, None, 100),
+  ]
   assert search.best_trial(rows)["trial_id"] == "long"
   rows.append(_row("better", 4, 0.5, 200))
   assert search.best_trial(rows)["trial_id"] == "better"
@@ -47,14 +58,27 @@ def test_best_config_trains_with_main_from_any_directory(search_config, splits, 
   # `python -m cifar_jax.main`, with mock data installed in the child first.
   elsewhere = tmp_path / "elsewhere"  # not the repo root: no `configs` to import
   elsewhere.mkdir()
-  code = ("import runpy, tensorflow_datasets as tfds\n"
-          "with tfds.testing.mock_data(num_examples=40):\n"
-          "  runpy.run_module('cifar_jax.main', run_name='__main__', alter_sys=True)\n")
+  code = (
+    "import runpy, tensorflow_datasets as tfds\n"
+    "with tfds.testing.mock_data(num_examples=40):\n"
+    "  runpy.run_module('cifar_jax.main', run_name='__main__', alter_sys=True)\n"
+  )
   env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(
-      [sys.executable, "-c", code, f"--config={best_config}", f"--workdir={tmp_path / 'best'}",
-       "--config.num_epochs=1"],
-      cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-c",
+      code,
+      f"--config={best_config}",
+      f"--workdir={tmp_path / 'best'}",
+      "--config.num_epochs=1",
+    ],
+    cwd=elsewhere,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (tmp_path / "best" / "metrics.jsonl").open()]
   assert [r["epoch"] for r in records] == [1]

@@ -1,20 +1,20 @@
 """Running a search: the files it writes, restarting, a changed search space,
 a budget nothing fits, diverged trials."""
+
 import json
 
 import pytest
+from search_fixtures import BUDGET
+from search_fixtures import load_config_file
 
 from cifar_jax import config_checks
 from cifar_jax import metrics
 from cifar_jax import search
 from cifar_jax import train
 from cifar_jax.search import space
-from search_fixtures import BUDGET, load_config_file
-from search_fixtures import count_training, search_config, splits  # noqa: F401 (fixtures)
 
 
-def test_over_budget_candidates_are_never_trained(search_config, splits, tmp_path,
-                                                  monkeypatch):
+def test_over_budget_candidates_are_never_trained(search_config, splits, tmp_path, monkeypatch):
   # A budget nothing fits: candidates are drawn and counted, none is trained.
   monkeypatch.setattr(train, "train_and_evaluate", pytest.fail)
   config = search_config
@@ -29,7 +29,8 @@ def test_over_budget_candidates_are_never_trained(search_config, splits, tmp_pat
 
 
 def test_local_search_writes_results_and_a_restart_trains_only_new_trials(
-    search_config, splits, tmp_path, count_training):
+  search_config, splits, tmp_path, count_training
+):
   config = search_config
   config.search.flops = True
   first = search.run_search(config, tmp_path, **splits)
@@ -69,26 +70,33 @@ def test_local_search_writes_results_and_a_restart_trains_only_new_trials(
 
 
 def test_a_changed_search_space_is_refused_in_the_same_workdir(search_config, tmp_path):
-  row = {"trial_id": "t0002", "design": {k: None for k in search.DESIGN_FIELDS},
-         "epochs": 1, "final_eval_accuracy": 0.1, "params": 1}
+  row = {
+    "trial_id": "t0002",
+    "design": {k: None for k in search.DESIGN_FIELDS},
+    "epochs": 1,
+    "final_eval_accuracy": 0.1,
+    "params": 1,
+  }
   (tmp_path / search.TRIALS_FILE).write_text(json.dumps(row) + "\n")
   with pytest.raises(search.SearchError, match="another seed or search space"):
     search.run_search(search_config, tmp_path, train_split=None)
 
 
-def test_diverged_trials_are_final_and_never_the_best(search_config, splits, tmp_path,
-                                                      monkeypatch):
+def test_diverged_trials_are_final_and_never_the_best(search_config, splits, tmp_path, monkeypatch):
   attempts = []
 
   def diverging(config, workdir, **kwargs):
     attempts.append(workdir.name)
     raise metrics.NonFiniteLossError("Training loss became NaN/Inf at step 1 (epoch 1).")
+
   monkeypatch.setattr(train, "train_and_evaluate", diverging)
   result = search.run_search(search_config, tmp_path, **splits)
   assert attempts == ["t0002", "t0004"] and result["best"] is None
   rows = search.read_trials(tmp_path)
   assert [(r["trial_id"], r["status"], r["epochs"]) for r in rows] == [
-      ("t0002", "diverged", 0), ("t0004", "diverged", 0)]
+    ("t0002", "diverged", 0),
+    ("t0004", "diverged", 0),
+  ]
   state = json.loads((tmp_path / search.STATE_FILE).read_text())
   assert state["finished_trials"] == 2 and state["best_trial"] is None
   assert not (tmp_path / search.BEST_CONFIG_FILE).exists()

@@ -6,13 +6,14 @@ train two epochs on fake data, so that every trial compiles and runs in seconds.
 With seed 0 and a 3,000-parameter budget, candidates 0, 1 and 3 are over the
 budget and 2, 4, 5, 6, ... are trials t0002, t0004, t0005, t0006, ...
 """
+
 import pytest
 from absl import flags
+from conftest import make_split
 from ml_collections import config_flags
 
 from cifar_jax import search
 from cifar_jax import train
-from conftest import make_split
 
 BUDGET = 3000
 
@@ -20,6 +21,7 @@ BUDGET = 3000
 @pytest.fixture
 def search_config(compile_cache):
   from cifar_jax.configs import search_resnet_budget
+
   config = search_resnet_budget.get_config()
   config.batch_size = 16
   config.eval_batch_size = 16
@@ -50,8 +52,10 @@ def splits():
 def count_training(monkeypatch):
   """Records train_and_evaluate calls: the trial trained and how many rows
   trials.jsonl had then (in `calls.rows_before`)."""
+
   class Calls(list):
     rows_before = []
+
   calls = Calls()
   real = train.train_and_evaluate
 
@@ -67,7 +71,6 @@ def count_training(monkeypatch):
 def load_config_file(path):
   """Loads a config file the way `python -m cifar_jax.main --config=...` does."""
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", str(path), flag_values=values,
-                                  lock_config=True)
+  config_flags.DEFINE_config_file("config", str(path), flag_values=values, lock_config=True)
   values(["cifar_jax"])
   return values.config

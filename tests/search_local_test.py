@@ -1,17 +1,25 @@
 """The local backend's synchronous successive halving."""
+
 import ml_collections
 
 from cifar_jax import search
 from cifar_jax import writers
 from cifar_jax.search import local
-from search_fixtures import count_training, search_config, splits  # noqa: F401 (fixtures)
 
 
 def test_rungs_grow_by_the_reduction_factor_up_to_the_trial_epochs():
   def rungs(scheduler, grace_period, reduction_factor, trial_epochs):
-    return local.rungs(ml_collections.ConfigDict(dict(
-        scheduler=scheduler, grace_period=grace_period, reduction_factor=reduction_factor,
-        trial_epochs=trial_epochs)))
+    return local.rungs(
+      ml_collections.ConfigDict(
+        dict(
+          scheduler=scheduler,
+          grace_period=grace_period,
+          reduction_factor=reduction_factor,
+          trial_epochs=trial_epochs,
+        )
+      )
+    )
+
   assert rungs("none", 1, 2, 10) == [10]
   assert rungs("asha", 1, 2, 10) == [1, 2, 4, 8, 10]
   assert rungs("asha", 2, 3, 18) == [2, 6, 18]
@@ -19,7 +27,8 @@ def test_rungs_grow_by_the_reduction_factor_up_to_the_trial_epochs():
 
 
 def test_local_successive_halving_stops_the_weaker_half(
-    search_config, splits, tmp_path, count_training):
+  search_config, splits, tmp_path, count_training
+):
   config = search_config
   s = config.search
   s.num_trials = 4
@@ -36,5 +45,6 @@ def test_local_successive_halving_stops_the_weaker_half(
 
   def at_epoch_1(trial):
     return writers.read_metrics(tmp_path / "trials" / trial)[0]["eval_accuracy"]
+
   assert min(map(at_epoch_1, completed)) >= max(map(at_epoch_1, stopped))
   assert search.best_trial(list(rows.values()))["trial_id"] in completed

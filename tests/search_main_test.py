@@ -1,5 +1,6 @@
 """`python -m cifar_jax.search`: its help, and a package cheap enough to
 import that the huge-page re-execution comes before jax."""
+
 import subprocess
 import sys
 
@@ -7,8 +8,9 @@ from conftest import REPO_ROOT
 
 
 def _run(*args, timeout=120):
-  return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+  )
 
 
 def test_help_says_what_the_search_writes_and_names_the_flags():
@@ -22,11 +24,13 @@ def test_help_says_what_the_search_writes_and_names_the_flags():
 
 
 def test_importing_the_package_imports_no_jax_and_the_driver_no_ray_or_matplotlib():
-  code = ("import sys\n"
-          "import cifar_jax.search\n"
-          "assert 'jax' not in sys.modules, 'the package imported jax'\n"
-          "from cifar_jax.search import driver\n"
-          "assert 'jax' in sys.modules\n"
-          "assert 'ray' not in sys.modules and 'matplotlib' not in sys.modules\n")
+  code = (
+    "import sys\n"
+    "import cifar_jax.search\n"
+    "assert 'jax' not in sys.modules, 'the package imported jax'\n"
+    "from cifar_jax.search import driver\n"
+    "assert 'jax' in sys.modules\n"
+    "assert 'ray' not in sys.modules and 'matplotlib' not in sys.modules\n"
+  )
   result = _run("-c", code)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -1,15 +1,16 @@
 """The Ray Tune backend: trials run and recorded, and a clear error without Ray."""
+
 import signal
 import sys
 
 import pytest
 
 from cifar_jax import search
-from search_fixtures import search_config, splits  # noqa: F401 (fixtures)
 
 
-def test_without_ray_the_backend_says_how_to_install_it(search_config, splits, tmp_path,
-                                                        monkeypatch):
+def test_without_ray_the_backend_says_how_to_install_it(
+  search_config, splits, tmp_path, monkeypatch
+):
   monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
   search_config.search.backend = "ray"
   with pytest.raises(search.SearchError, match=r"needs Ray Tune .*pip install -e '\.\[tune\]'"):
@@ -17,11 +18,13 @@ def test_without_ray_the_backend_says_how_to_install_it(search_config, splits, t
 
 
 @pytest.mark.slow
-def test_ray_backend_runs_the_trials_and_records_them(search_config, splits, tmp_path,
-                                                      monkeypatch):
+def test_ray_backend_runs_the_trials_and_records_them(search_config, splits, tmp_path, monkeypatch):
   ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install ray[tune]`")
-  for name, value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
-                      "RAY_AIR_NEW_OUTPUT": "0"}.items():
+  for name, value in {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+  }.items():
     monkeypatch.setenv(name, value)
   config = search_config
   config.search.backend = "ray"

@@ -1,14 +1,15 @@
 """The search space: seeded sampling, the parameter budget, the settings
 checked, a trial's config and its FLOP count."""
+
 import jax.numpy as jnp
 import pytest
+from search_fixtures import BUDGET  # noqa: F401 (fixture)
 
 from cifar_jax import config_checks
 from cifar_jax import precision
 from cifar_jax import run as run_lib
 from cifar_jax import search
 from cifar_jax.search import space
-from search_fixtures import BUDGET, search_config  # noqa: F401 (fixture)
 
 
 def test_sampling_is_seeded_and_over_budget_candidates_are_rejected(search_config):
@@ -30,8 +31,13 @@ def test_sampling_is_seeded_and_over_budget_candidates_are_rejected(search_confi
 
 
 def test_a_trial_config_trains_the_design_on_the_short_budget(search_config):
-  design = {"stage_sizes": [1, 2], "widths": [4, 8], "kernel_sizes": [3, 3],
-            "skip_kernel_sizes": [1, 1], "pool_size": 16}
+  design = {
+    "stage_sizes": [1, 2],
+    "widths": [4, 8],
+    "kernel_sizes": [3, 3],
+    "skip_kernel_sizes": [1, 1],
+    "pool_size": 16,
+  }
   cfg = space.trial_config(search_config, design)
   assert "search" not in cfg and "search" in search_config
   assert cfg.model.stage_sizes == (1, 2) and cfg.model.pool_size == 16
@@ -56,16 +62,24 @@ def test_trial_flops_are_the_listings_whichever_conv_backend_is_configured(searc
   counted on the XLA form of the model, whatever the run would compute with."""
   from cifar_jax import cpu_conv
   from cifar_jax.models import summary
-  design = {"stage_sizes": [1, 1], "widths": [8, 16], "kernel_sizes": [3, 5],
-            "skip_kernel_sizes": [1, 3], "pool_size": 4}
+
+  design = {
+    "stage_sizes": [1, 1],
+    "widths": [8, 16],
+    "kernel_sizes": [3, 5],
+    "skip_kernel_sizes": [1, 3],
+    "pool_size": 4,
+  }
   flops = {}
   for backend in ("xla", "onednn", "auto"):
     search_config.conv_backend = backend
     flops[backend] = space.count_flops(space.trial_config(search_config, design))
-  listed = summary.model_stats("resnet_budget", **{k: tuple(v) if isinstance(v, list) else v
-                                                  for k, v in design.items()})["flops"]
+  listed = summary.model_stats(
+    "resnet_budget", **{k: tuple(v) if isinstance(v, list) else v for k, v in design.items()}
+  )["flops"]
   assert flops["xla"] == flops["onednn"] == flops["auto"] == listed > 0
   if cpu_conv.available():  # what counting the oneDNN form would have reported
-    onednn_form = run_lib.create_model(space.trial_config(search_config, design),
-                                     precision.Compute(jnp.float32, "onednn"))
+    onednn_form = run_lib.create_model(
+      space.trial_config(search_config, design), precision.Compute(jnp.float32, "onednn")
+    )
     assert summary.forward_flops(onednn_form) < 0.5 * listed

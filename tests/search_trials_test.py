@@ -1,5 +1,6 @@
 """One trial: stopping after the epoch asked for, resuming from there, an
 interruption, its progress and its row."""
+
 import pytest
 
 from cifar_jax import checkpoint
@@ -8,17 +9,23 @@ from cifar_jax import train
 from cifar_jax import writers
 from cifar_jax.search import space
 from cifar_jax.search import trials
-from search_fixtures import count_training, search_config, splits  # noqa: F401 (fixtures)
 
 
 def test_a_trial_stops_after_the_epoch_asked_for_and_resumes_from_it(
-    search_config, splits, tmp_path, count_training):
+  search_config, splits, tmp_path, count_training
+):
   config = search_config
   spec = space.sample_candidates(config)["accepted"][0]
   cfg = space.trial_config(config, spec["design"])
   epochs_seen = []
-  trial_dir = trials.train_trial(config, spec, tmp_path, **splits, until_epoch=1,
-                                 on_epoch=lambda record: epochs_seen.append(record["epoch"]))
+  trial_dir = trials.train_trial(
+    config,
+    spec,
+    tmp_path,
+    **splits,
+    until_epoch=1,
+    on_epoch=lambda record: epochs_seen.append(record["epoch"]),
+  )
   assert trial_dir == tmp_path / "trials" / spec["trial_id"]
   assert epochs_seen == [1]
   assert checkpoint.latest_step(trial_dir) == 4  # saved where it stopped: 4 steps an epoch
@@ -30,13 +37,15 @@ def test_a_trial_stops_after_the_epoch_asked_for_and_resumes_from_it(
   row = trials.make_row(config, spec, progress, flops=None)
   assert row["status"] == "stopped" and row["epochs"] == 1
   assert trials.make_row(config, spec, progress, flops=None, status="diverged")["status"] == (
-      "diverged")
+    "diverged"
+  )
 
   # Already there: not trained again. Then on to the end, from epoch 1's checkpoint.
   trials.train_trial(config, spec, tmp_path, **splits, until_epoch=1)
   assert count_training == [spec["trial_id"]]
-  trials.train_trial(config, spec, tmp_path, **splits,
-                     on_epoch=lambda record: epochs_seen.append(record["epoch"]))
+  trials.train_trial(
+    config, spec, tmp_path, **splits, on_epoch=lambda record: epochs_seen.append(record["epoch"])
+  )
   assert count_training == [spec["trial_id"]] * 2 and epochs_seen == [1, 2]
   assert [r["epoch"] for r in writers.read_metrics(trial_dir)] == [1, 2]
   row = trials.make_row(config, spec, trials.trial_progress(trial_dir), flops=None)
@@ -46,7 +55,8 @@ def test_a_trial_stops_after_the_epoch_asked_for_and_resumes_from_it(
 
 
 def test_a_trial_stopped_inside_an_epoch_raises_search_interrupted(
-    search_config, splits, tmp_path, monkeypatch):
+  search_config, splits, tmp_path, monkeypatch
+):
   # What Ctrl-C inside the first epoch leaves: train_and_evaluate returns, no epoch done.
   monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, **kwargs: {})
   spec = space.sample_candidates(search_config)["accepted"][0]

@@ -1,23 +1,24 @@
 """The speedrun network: data-initialised patch whitening, dirac init, and its
 config trained end to end (with EMA and TTA evaluation) on a tiny split."""
+
 import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_split
 
 from cifar_jax import checkpoint
 from cifar_jax import evaluate
 from cifar_jax import models
 from cifar_jax import optim
-from cifar_jax import train
-from cifar_jax import steps
 from cifar_jax import run as run_lib
-from cifar_jax.models import speedrun as speedrun_model
+from cifar_jax import steps
+from cifar_jax import train
 from cifar_jax.configs import speedrun
 from cifar_jax.configs import speedrun_muon
-from conftest import make_split
+from cifar_jax.models import speedrun as speedrun_model
 
 SMALL_WIDTHS = (16, 32, 32)
 
@@ -41,8 +42,9 @@ def _config(config_module=speedrun, **model):
 
 def _patches(x):
   """(N*31*31, 12) 2x2x3 patches ordered (dy, dx, channel)."""
-  return np.concatenate([x[:, dy:31 + dy, dx:31 + dx] for dy in (0, 1) for dx in (0, 1)],
-                        axis=-1).reshape(-1, 12)
+  return np.concatenate(
+    [x[:, dy : 31 + dy, dx : 31 + dx] for dy in (0, 1) for dx in (0, 1)], axis=-1
+  ).reshape(-1, 12)
 
 
 def test_whitening_init_decorrelates_held_out_patches():
@@ -60,9 +62,12 @@ def test_whitening_init_decorrelates_held_out_patches():
   assert np.abs(correlation - np.eye(12)).max() > 0.9  # far from white to begin with
 
   _, captured = model.apply(
-      {"params": state.params, "batch_stats": state.batch_stats}, x, train=False,
-      capture_intermediates=lambda mdl, _: isinstance(mdl, speedrun_model.PatchWhitening),
-      mutable=["intermediates"])
+    {"params": state.params, "batch_stats": state.batch_stats},
+    x,
+    train=False,
+    capture_intermediates=lambda mdl, _: isinstance(mdl, speedrun_model.PatchWhitening),
+    mutable=["intermediates"],
+  )
   out = np.asarray(captured["intermediates"]["whiten"]["__call__"][0], np.float64)
   assert out.shape == (100, 31, 31, 24)
   out = out.reshape(-1, 24) - np.asarray(state.params["whiten"]["bias"])  # bias starts at 0
@@ -91,8 +96,9 @@ def test_data_init_is_registered_and_checked():
 def test_dirac_init_starts_convs_as_identities():
   kernel = np.asarray(speedrun_model.dirac_init(jax.random.key(0), (3, 3, 4, 6)))
   x = np.random.default_rng(0).standard_normal((1, 5, 5, 4)).astype(np.float32)
-  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   np.testing.assert_allclose(y[..., :4], x, atol=1e-6)  # the first min(in, out) filters
   assert np.abs(kernel[..., 4:]).max() <= 1 / np.sqrt(3 * 3 * 4)  # PyTorch's U(+-1/sqrt(fan_in))
 
@@ -112,9 +118,10 @@ def test_speedrun_config_trains_and_evaluates_with_tta(tmp_path, compile_cache):
   config.compilation_cache_dir = compile_cache
   train_split = make_split(320, learnable=True)  # 10 steps per epoch
   eval_split = make_split(128, seed=1, learnable=True)
-  record = train.train_and_evaluate(config, tmp_path, train_split=train_split,
-                                    eval_split=eval_split)
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  record = train.train_and_evaluate(
+    config, tmp_path, train_split=train_split, eval_split=eval_split
+  )
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert "eval_accuracy" not in records[0]  # eval_every_epochs: only after the last
   assert records[-1]["train_accuracy"] > records[0]["train_accuracy"] + 0.2, records
@@ -130,12 +137,14 @@ def test_speedrun_config_trains_and_evaluates_with_tta(tmp_path, compile_cache):
   ckpt = checkpoint.Checkpointer(tmp_path, read_only=True)
   state, _ = ckpt.restore(run_lib.create_train_state(config, model, tx), "latest")
   ckpt.close()
-  x = steps.normalize(steps.to_unit_float(jnp.asarray(
-      train_split.images[:run_lib.DATA_INIT_IMAGES])))
+  x = steps.normalize(
+    steps.to_unit_float(jnp.asarray(train_split.images[: run_lib.DATA_INIT_IMAGES]))
+  )
   filters = speedrun_model.whitening_filters(x)
   for weights in (state.batch_stats, state.ema["batch_stats"]):
-    np.testing.assert_allclose(weights["whiten"]["kernel"],
-                               np.concatenate([filters, -filters], -1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      weights["whiten"]["kernel"], np.concatenate([filters, -filters], -1), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_speedrun_muon_config_trains_with_kernels_at_fixed_norm(tmp_path, compile_cache):
@@ -148,9 +157,12 @@ def test_speedrun_muon_config_trains_with_kernels_at_fixed_norm(tmp_path, compil
   config.optimizer.lr_base_batch_size = 32  # the SGD part's peak lr of batch 2000
   config.eval_batch_size = 64
   config.compilation_cache_dir = compile_cache
-  record = train.train_and_evaluate(config, tmp_path,
-                                    train_split=make_split(320, learnable=True),
-                                    eval_split=make_split(128, seed=1, learnable=True))
+  record = train.train_and_evaluate(
+    config,
+    tmp_path,
+    train_split=make_split(320, learnable=True),
+    eval_split=make_split(128, seed=1, learnable=True),
+  )
   assert record["eval_accuracy"] > 0.3, record  # chance 0.1
 
   model = run_lib.create_model(config)
@@ -176,17 +188,23 @@ def test_padding_before_pool_computes_exactly_what_the_pool_keeps(size):
   kept = size - size % 2
 
   def same_then_crop(x, w):
-    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jax.lax.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return y[:, :kept, :kept]
 
   def reduced(x, w):
     return jax.lax.conv_general_dilated(
-        x, w, (1, 1), speedrun_model.padding_before_pool(size),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x,
+      w,
+      (1, 1),
+      speedrun_model.padding_before_pool(size),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
   np.testing.assert_allclose(reduced(x, w), same_then_crop(x, w), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))  # noqa: E731
-  for got, want in zip(jax.grad(loss(reduced), (0, 1))(x, w),
-                       jax.grad(loss(same_then_crop), (0, 1))(x, w)):
+  for got, want in zip(
+    jax.grad(loss(reduced), (0, 1))(x, w), jax.grad(loss(same_then_crop), (0, 1))(x, w)
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -1,5 +1,6 @@
 """Train loop behaviour: device-count invariance, resuming, NaN stop, Ctrl-C,
 checkpoint mismatches, exact evaluation and the files a run writes."""
+
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import make_split
 
 from cifar_jax import checkpoint
 from cifar_jax import evaluate
@@ -20,7 +22,6 @@ from cifar_jax import steps
 from cifar_jax import train
 from cifar_jax import workdir as workdir_lib
 from cifar_jax import writers
-from conftest import make_split
 
 
 def _xla_one_device():
@@ -64,8 +65,9 @@ def test_multi_device_training_matches_one_device(tiny_config, mode, num_devices
   losses, params = _run_steps(config, mode, num_devices, split)
   assert np.isfinite(ref_losses).all()
   np.testing.assert_allclose(losses, ref_losses, rtol=2e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5),
-               params, ref_params)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5), params, ref_params
+  )
 
 
 def _params(workdir, config):
@@ -78,37 +80,56 @@ def _params(workdir, config):
 
 def test_resumed_run_ends_with_the_same_parameters(tiny_config, tmp_path):
   train_split, eval_split = make_split(160), make_split(40, seed=1)
-  full = train.train_and_evaluate(tiny_config, tmp_path / "full",
-                                  train_split=train_split, eval_split=eval_split)
+  full = train.train_and_evaluate(
+    tiny_config, tmp_path / "full", train_split=train_split, eval_split=eval_split
+  )
   # Stop mid-epoch 1 (5 steps per epoch), then run the same command again.
-  train.train_and_evaluate(tiny_config, tmp_path / "resumed", train_split=train_split,
-                           eval_split=eval_split, stop_after_steps=7)
+  train.train_and_evaluate(
+    tiny_config,
+    tmp_path / "resumed",
+    train_split=train_split,
+    eval_split=eval_split,
+    stop_after_steps=7,
+  )
   stopped, meta = _params(tmp_path / "resumed", tiny_config)
   assert meta["step"] == 7
-  resumed = train.train_and_evaluate(tiny_config, tmp_path / "resumed",
-                                     train_split=train_split, eval_split=eval_split)
+  resumed = train.train_and_evaluate(
+    tiny_config, tmp_path / "resumed", train_split=train_split, eval_split=eval_split
+  )
   assert resumed["step"] == full["step"] == 10
   full_params, _ = _params(tmp_path / "full", tiny_config)
   resumed_params, _ = _params(tmp_path / "resumed", tiny_config)
   jax.tree.map(np.testing.assert_array_equal, resumed_params, full_params)
   with pytest.raises(AssertionError):  # the comparison can fail
     jax.tree.map(np.testing.assert_array_equal, stopped, full_params)
-  records = [json.loads(l) for l in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+  records = [
+    json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+  ]
   # Stopped in epoch 2 (5 steps an epoch): epoch 1's record kept, epoch 2's written once.
   assert [r["epoch"] for r in records] == [1, 2]
 
 
 def test_run_writes_config_metrics_and_checkpoints(tiny_config, tmp_path):
-  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
-                                    eval_split=make_split(40, seed=1))
+  record = train.train_and_evaluate(
+    tiny_config, tmp_path, train_split=make_split(96), eval_split=make_split(40, seed=1)
+  )
   config_json = json.loads((tmp_path / "config.json").read_text())
   assert config_json["model"]["name"] == "lenet5"
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
   assert len(lines) == 2
   for line in lines:
     r = json.loads(line)
-    for key in ("epoch", "step", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy",
-                "learning_rate", "epoch_time_s", "train_img_per_s"):
+    for key in (
+      "epoch",
+      "step",
+      "train_loss",
+      "train_accuracy",
+      "eval_loss",
+      "eval_accuracy",
+      "learning_rate",
+      "epoch_time_s",
+      "train_img_per_s",
+    ):
       assert isinstance(r[key], (int, float)), key
   assert "compile_s" in json.loads(lines[0])
   assert record["step"] == 6
@@ -146,8 +167,9 @@ def test_ctrl_c_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
 
   monkeypatch.setattr(metrics_lib.Accumulator, "add", add_then_interrupt)
   handler_before = signal.getsignal(signal.SIGINT)
-  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
-                                    eval_split=None)
+  record = train.train_and_evaluate(
+    tiny_config, tmp_path, train_split=make_split(96), eval_split=None
+  )
   assert record == {}
   _, meta = _params(tmp_path, tiny_config)
   assert meta["step"] == 2
@@ -217,8 +239,9 @@ def test_half_precision_step_keeps_float32_params(tiny_config):
 
 def test_ema_is_tracked_and_evaluated(tiny_config, tmp_path):
   tiny_config.ema_decay = 0.9
-  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
-                                    eval_split=make_split(32, seed=1))
+  record = train.train_and_evaluate(
+    tiny_config, tmp_path, train_split=make_split(96), eval_split=make_split(32, seed=1)
+  )
   assert 0.0 <= record["ema_eval_accuracy"] <= 1.0
   result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(32, seed=1))
   assert result["ema"] is True
@@ -229,8 +252,9 @@ def test_hard_mining_and_tta_run_end_to_end(tiny_config, tmp_path):
   tiny_config.hard_mining.enabled = True
   tiny_config.hard_mining.start_epoch = 1
   tiny_config.tta = "flip_translate"
-  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96),
-                                    eval_split=make_split(40, seed=1))
+  record = train.train_and_evaluate(
+    tiny_config, tmp_path, train_split=make_split(96), eval_split=make_split(40, seed=1)
+  )
   assert record["epoch"] == 2 and np.isfinite(record["train_loss"])
   result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(40, seed=1))
   assert result["num_examples"] == 40 and result["tta"] == "flip_translate"
@@ -257,27 +281,32 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(tiny_config, tmp_path,
     f.write('{"epoch": 2, "step": 6, "train_loss": 1.93')  # a kill mid-write
   tiny_config.num_epochs = 2
   capsys.readouterr()
-  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split,
-                                    eval_split=None)
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split, eval_split=None)
   assert record["epoch"] == 2
   assert f"{metrics_file}: dropped line(s) 2" in capsys.readouterr().err
-  assert [json.loads(l)["epoch"] for l in metrics_file.read_text().splitlines()] == [1, 2]
+  assert [json.loads(line)["epoch"] for line in metrics_file.read_text().splitlines()] == [1, 2]
 
 
 def _two_epochs(tiny_config, workdir, **kwargs):
-  return train.train_and_evaluate(tiny_config, workdir, train_split=make_split(96),
-                                  eval_split=make_split(40, seed=1), **kwargs)
+  return train.train_and_evaluate(
+    tiny_config, workdir, train_split=make_split(96), eval_split=make_split(40, seed=1), **kwargs
+  )
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path,
-                                                                   capsys):
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_config, tmp_path, capsys):
   tiny_config.num_epochs = 1
   _two_epochs(tiny_config, tmp_path)
   tiny_config.num_epochs = 2
   _two_epochs(tiny_config, tmp_path)
-  data = max((p for p in (tmp_path / "checkpoints" / "6" / "state").rglob("*")
-              if p.is_file() and "d" in p.parent.name), key=lambda p: p.stat().st_size)
-  data.write_bytes(data.read_bytes()[:len(data.read_bytes()) // 2])  # truncated
+  data = max(
+    (
+      p
+      for p in (tmp_path / "checkpoints" / "6" / "state").rglob("*")
+      if p.is_file() and "d" in p.parent.name
+    ),
+    key=lambda p: p.stat().st_size,
+  )
+  data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])  # truncated
   tiny_config.num_epochs = 3
   capsys.readouterr()
   record = _two_epochs(tiny_config, tmp_path)
@@ -343,11 +372,13 @@ def test_every_bad_value_is_named_before_any_work(tiny_config):
     train.train_and_evaluate(tiny_config, "/nonexistent/never/created")
   message = str(e.value)
   assert message.startswith("5 problems with the config:")
-  for part in ("config.optimizer.learning_rate must be > 0, not -1.0",
-               "config.optimizer.momentum must be in [0, 1), not 1.5",
-               "config.batch_size=30 must be a multiple of the 4 devices",
-               "config.eval_batch_size=10 must be a multiple of the 4 devices",
-               "config.num_epochs must be a positive integer, not 0"):
+  for part in (
+    "config.optimizer.learning_rate must be > 0, not -1.0",
+    "config.optimizer.momentum must be in [0, 1), not 1.5",
+    "config.batch_size=30 must be a multiple of the 4 devices",
+    "config.eval_batch_size=10 must be a multiple of the 4 devices",
+    "config.num_epochs must be a positive integer, not 0",
+  ):
     assert part in message
 
 

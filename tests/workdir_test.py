@@ -1,5 +1,6 @@
 """The workdir's run lock, atomic writes and the tolerant JSON-lines reader
 (cifar_jax/workdir.py)."""
+
 import json
 import os
 import signal
@@ -14,7 +15,9 @@ from cifar_jax import workdir
 
 def test_second_lock_fails_naming_the_holder(tmp_path):
   with workdir.RunLock(tmp_path):
-    with pytest.raises(workdir.WorkdirBusyError, match=rf"another training run \(PID {os.getpid()}\)"):
+    with pytest.raises(
+      workdir.WorkdirBusyError, match=rf"another training run \(PID {os.getpid()}\)"
+    ):
       with workdir.RunLock(tmp_path):
         pass
   with workdir.RunLock(tmp_path):  # released on exit
@@ -22,9 +25,11 @@ def test_second_lock_fails_naming_the_holder(tmp_path):
 
 
 def test_lock_of_a_killed_process_is_free_at_once(tmp_path):
-  code = ("import sys, time; from cifar_jax import workdir; "
-          f"lock = workdir.RunLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); "
-          "time.sleep(60)")
+  code = (
+    "import sys, time; from cifar_jax import workdir; "
+    f"lock = workdir.RunLock({str(tmp_path)!r}).__enter__(); print('held', flush=True); "
+    "time.sleep(60)"
+  )
   holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"

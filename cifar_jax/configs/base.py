@@ -8,6 +8,7 @@ A config file may also offer variants, picked after a colon:
 `--config=configs/resnet18.py:budget` calls `get_config("budget")`. Every
 variant goes through `variant()` below, so an unknown one fails the same way.
 """
+
 from typing import Callable
 
 import ml_collections
@@ -22,7 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "cifar10"
-  config.dataset.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS_DATA_DIR or tfds default
+  config.dataset.data_dir = ml_collections.config_dict.placeholder(
+    str
+  )  # None: TFDS_DATA_DIR or tfds default
   config.dataset.train_split = "train[:45000]"
   config.dataset.eval_split = "train[45000:]"
   config.dataset.num_classes = 10
@@ -123,8 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def transformer_recipe(config: ml_collections.ConfigDict, *, learning_rate: float,
-                       grad_clip_norm: float) -> ml_collections.ConfigDict:
+def transformer_recipe(
+  config: ml_collections.ConfigDict, *, learning_rate: float, grad_clip_norm: float
+) -> ml_collections.ConfigDict:
   """The from-scratch recipe of vision transformers on CIFAR (DeiT-style):
   AdamW with wd 0.05, 10 warm-up epochs + cosine over 300 epochs, RandAugment
   on top of crop/flip, mixup or cutmix on half the examples, label smoothing
@@ -136,27 +140,34 @@ def transformer_recipe(config: ml_collections.ConfigDict, *, learning_rate: floa
   config.optimizer.grad_clip_norm = grad_clip_norm
   config.schedule.warmup_epochs = 10.0
   config.label_smoothing = 0.1
-  config.augment = ("crop(pad=4)|flip|randaugment(n=2, m=9)|"
-                    "random_choice(p=0.5, ops=['mixup(alpha=0.8)', 'cutmix(alpha=1.0)'])")
+  config.augment = (
+    "crop(pad=4)|flip|randaugment(n=2, m=9)|"
+    "random_choice(p=0.5, ops=['mixup(alpha=0.8)', 'cutmix(alpha=1.0)'])"
+  )
   return config
 
 
-def variant(config: ml_collections.ConfigDict, name: str | None,
-            **recipes: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict],
-            ) -> ml_collections.ConfigDict:
+def variant(
+  config: ml_collections.ConfigDict,
+  name: str | None,
+  **recipes: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict],
+) -> ml_collections.ConfigDict:
   """`config` as is for no variant, else `recipes[name](config)`; an unknown
   name raises ValueError listing the ones this file has."""
   if not name:
     return config
   if name not in recipes:
     offered = ", ".join(f"':{n}'" for n in sorted(recipes)) or "none"
-    raise ValueError(f"unknown config variant {name!r} for model {config.model.name!r}; "
-                     f"this config file offers: {offered}.")
+    raise ValueError(
+      f"unknown config variant {name!r} for model {config.model.name!r}; "
+      f"this config file offers: {offered}."
+    )
   return recipes[name](config)
 
 
-def budget_convnet(config: ml_collections.ConfigDict, *, num_epochs: int,
-                   learning_rate: float) -> ml_collections.ConfigDict:
+def budget_convnet(
+  config: ml_collections.ConfigDict, *, num_epochs: int, learning_rate: float
+) -> ml_collections.ConfigDict:
   """The short CPU recipe of the convnets (`:budget`, about 90 minutes of
   training on a 2-core CPU): Nesterov SGD on a one-cycle schedule (a quarter
   rising, cosine down), label smoothing 0.1, bf16 where the CPU has it, flip

@@ -2,6 +2,7 @@
 Nesterov SGD with a linear one-cycle (peak 0.1 after 25% of the steps, down
 to 0), wd 5e-4, label smoothing 0.1, crop + flip, flip test-time augmentation.
 Short budgets leave out cutout: it pays off only over long schedules."""
+
 from cifar_jax.configs import base
 
 

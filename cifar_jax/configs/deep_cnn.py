@@ -1,6 +1,7 @@
 """deep_cnn (453k params, BatchNorm + dropout head) in 40 epochs: Nesterov SGD
 with a linear one-cycle (peak 0.05), wd 5e-4, label smoothing 0.1, crop + flip,
 flip test-time augmentation."""
+
 from cifar_jax.configs import base
 
 

@@ -1,5 +1,6 @@
 """EfficientNet-B0 from scratch on 32x32: SGD 0.1, wd 5e-4, 200 epochs, label
 smoothing 0.1; dropout 0.2 and drop_connect 0.2 (the paper's) are the defaults."""
+
 from cifar_jax.configs import base
 
 

@@ -1,4 +1,5 @@
 """EfficientNet-B1: EfficientNet-B0's recipe (B1 is B0 with depth x1.1)."""
+
 from cifar_jax.configs import efficientnet_b0
 
 

@@ -1,4 +1,5 @@
 """LeNet-5: Adam with a short cosine schedule; small nets underfit with SGD 0.1."""
+
 from cifar_jax.configs import base
 
 

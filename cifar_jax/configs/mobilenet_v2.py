@@ -1,5 +1,6 @@
 """MobileNetV2 with CIFAR strides: SGD 0.1, wd 5e-4 (4e-5 on ImageNet is too weak
 for CIFAR), cosine, 200 epochs."""
+
 from cifar_jax.configs import base
 
 

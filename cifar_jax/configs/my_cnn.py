@@ -1,4 +1,5 @@
 """The 'Pytorch-Cifar' seed's six-conv net with a standard crop+flip recipe."""
+
 from cifar_jax.configs import base
 
 

@@ -2,6 +2,7 @@
 
 `:budget` (configs/base.py `budget_convnet`): 5 epochs, one-cycle to lr 0.2.
 """
+
 from cifar_jax.configs import base
 
 

@@ -1,4 +1,5 @@
 """CIFAR ResNet34: ResNet18's recipe."""
+
 from cifar_jax.configs import resnet18
 
 

@@ -1,4 +1,5 @@
 """CIFAR ResNet50: ResNet18's recipe."""
+
 from cifar_jax.configs import resnet18
 
 

@@ -1,6 +1,7 @@
 """ResNet under 5M parameters (4,697,162 at the defaults): SGD 0.1, wd 5e-4,
 cosine, 200 epochs, crop + flip + cutout. The design fields are those of
 configs/search_resnet_budget.py; set them to a search result to train it."""
+
 from cifar_jax.configs import base
 
 

@@ -11,6 +11,7 @@ outside `search` is the full-training recipe written into DIR/best_config.py
 with num_epochs replaced by search.trial_epochs. The model fields below are
 the default design; each trial replaces them with its sampled design.
 """
+
 import ml_collections
 
 from cifar_jax.configs import base

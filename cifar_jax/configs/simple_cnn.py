@@ -1,4 +1,5 @@
 """simple_cnn (80k params): the small-net recipe of configs/lenet5.py."""
+
 from cifar_jax.configs import lenet5
 
 

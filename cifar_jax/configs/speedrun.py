@@ -20,8 +20,9 @@ Translation of airbench94's hyperparameters (its lr 11.5 and wd 0.0153 are
   at 23% of the steps, then falling linearly to 0.07x.
 - label smoothing 0.2; alternating flips (`alternating_flip`: each image
   mirrored in every other epoch, from a random first side) and 2-pixel
-  translations (reflect-padded random crops); eval with the 10 flip/translate views (airbench's own TTA uses 6
-  views, translated by 1 pixel with reflection, and averages logits).
+  translations (reflect-padded random crops); eval with the 10 flip/translate
+  views (airbench's own TTA uses 6 views, translated by 1 pixel with
+  reflection, and averages logits).
 - EMA of the weights with a per-step decay of 0.95, evaluated as ema_eval_*
   (and used by `--mode=eval`). airbench uses lookahead instead: from epoch 3,
   every 5 steps the weights move to an EMA whose decay ramps up to 0.95 per
@@ -53,6 +54,7 @@ half a training epoch, so it runs only after the last epoch, however many
 `--config.num_epochs` asks for (set `--config.eval_every_epochs=1` to watch
 progress).
 """
+
 from cifar_jax.configs import base
 
 

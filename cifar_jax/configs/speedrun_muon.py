@@ -32,6 +32,7 @@ Not reproduced: airbench94_muon trains the whitening bias at the
 BatchNorm-bias rate for 3 epochs and then freezes it; here it trains
 throughout at the head's rate.
 """
+
 from cifar_jax.configs import speedrun
 
 

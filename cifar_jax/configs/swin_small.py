@@ -1,4 +1,5 @@
 """Swin-S: Swin-T's recipe with stochastic depth 0.2 and half the peak lr."""
+
 from cifar_jax.configs import swin_tiny
 
 

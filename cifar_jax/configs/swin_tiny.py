@@ -1,11 +1,11 @@
 """Swin-T (patch 2, window 4) from scratch: the transformer recipe of
 configs/base.py with stochastic depth 0.1 and gradient clipping 5.0."""
+
 from cifar_jax.configs import base
 
 
 def get_config():
-  config = base.transformer_recipe(base.get_config(), learning_rate=1e-3,
-                                   grad_clip_norm=5.0)
+  config = base.transformer_recipe(base.get_config(), learning_rate=1e-3, grad_clip_norm=5.0)
   config.model.name = "swin_tiny"
   config.model.drop_path_rate = 0.1
   return config

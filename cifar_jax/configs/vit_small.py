@@ -1,4 +1,5 @@
 """ViT-Small: ViT-Tiny's recipe at twice the width, with half the peak lr."""
+
 from cifar_jax.configs import vit_tiny
 
 

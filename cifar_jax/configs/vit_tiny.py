@@ -1,12 +1,12 @@
 """ViT-Tiny (patch 4) from scratch: the transformer recipe of configs/base.py
 (AdamW, warmup + cosine, 300 epochs, RandAugment, mixup/cutmix, label
 smoothing) with stochastic depth 0.1 and gradient clipping 1.0."""
+
 from cifar_jax.configs import base
 
 
 def get_config():
-  config = base.transformer_recipe(base.get_config(), learning_rate=1e-3,
-                                   grad_clip_norm=1.0)
+  config = base.transformer_recipe(base.get_config(), learning_rate=1e-3, grad_clip_norm=1.0)
   config.model.name = "vit_tiny"
   config.model.drop_path_rate = 0.1
   config.model.dropout_rate = 0.0

@@ -20,10 +20,12 @@ variables keep their ordinary initialisation, with the same shapes.
 
 The families register themselves when their module is imported below.
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from typing import Any
+from typing import Callable
 
 import flax.linen as nn
 
@@ -64,26 +66,26 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     close = difflib.get_close_matches(name, _REGISTRY, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(
-        f"Unknown model.name {name!r}.{hint} Registered models: "
-        f"{', '.join(model_names())}. List them with `python -m cifar_jax.models`.")
+      f"Unknown model.name {name!r}.{hint} Registered models: "
+      f"{', '.join(model_names())}. List them with `python -m cifar_jax.models`."
+    )
   # Lists arrive from JSON (config.json, trials.jsonl) and command lines;
   # flax module fields must be hashable.
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
   try:
     return _REGISTRY[name](**kwargs)
   except TypeError as e:
-    raise ValueError(f"Model {name!r} does not accept these options "
-                     f"{sorted(kwargs)}: {e}") from e
+    raise ValueError(f"Model {name!r} does not accept these options {sorted(kwargs)}: {e}") from e
 
 
 # Importing a family module registers its models.
 from cifar_jax.models import cnn  # noqa: E402,F401
-from cifar_jax.models import lenet  # noqa: E402,F401
-from cifar_jax.models import resnet  # noqa: E402,F401
-from cifar_jax.models import resnet_budget  # noqa: E402,F401
 from cifar_jax.models import cspnet  # noqa: E402,F401
 from cifar_jax.models import efficientnet  # noqa: E402,F401
+from cifar_jax.models import lenet  # noqa: E402,F401
 from cifar_jax.models import mobilenet  # noqa: E402,F401
+from cifar_jax.models import resnet  # noqa: E402,F401
+from cifar_jax.models import resnet_budget  # noqa: E402,F401
+from cifar_jax.models import speedrun  # noqa: E402,F401
 from cifar_jax.models import swin  # noqa: E402,F401
 from cifar_jax.models import vit  # noqa: E402,F401
-from cifar_jax.models import speedrun  # noqa: E402,F401

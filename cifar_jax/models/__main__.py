@@ -14,6 +14,7 @@ a while for the large transformers. ``--no-flops`` skips the compilation.
 (1, 32, 32, 3) input: per module its input and output shapes, XLA's FLOPs
 of that module and its parameters (``--no-flops`` leaves FLOPs out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ from cifar_jax.models import summary
 
 def format_table(rows: list[dict]) -> str:
   header = ("model", "params", "MFLOPs")
-  body = [(r["name"], f"{r['params']:,}",
-           "-" if r["flops"] is None else f"{r['flops'] / 1e6:,.1f}") for r in rows]
+  body = [
+    (r["name"], f"{r['params']:,}", "-" if r["flops"] is None else f"{r['flops'] / 1e6:,.1f}")
+    for r in rows
+  ]
   widths = [max(len(line[i]) for line in [header] + body) for i in range(3)]
   lines = [f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]:>{widths[2]}}"]
   lines.append("-" * len(lines[0]))
@@ -38,29 +41,43 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m cifar_jax.models",
-      description="List registered models with parameter counts and forward "
-                  "FLOPs (XLA's count, one 32x32x3 image, eval mode).")
-  parser.add_argument("--json", action="store_true",
-                      help="print a JSON list of {name, params, flops}")
-  parser.add_argument("--no-flops", action="store_true",
-                      help="skip the XLA compilation that counts FLOPs")
-  parser.add_argument("--layers", action="store_true",
-                      help="print a per-layer table (shapes, FLOPs, parameters) of each NAME")
-  parser.add_argument("--depth", type=int, default=None,
-                      help="with --layers: list submodules this deep only (default: all)")
-  parser.add_argument("names", nargs="*", metavar="NAME",
-                      help="models to list (default: all registered)")
+    prog="python -m cifar_jax.models",
+    description="List registered models with parameter counts and forward "
+    "FLOPs (XLA's count, one 32x32x3 image, eval mode).",
+  )
+  parser.add_argument(
+    "--json", action="store_true", help="print a JSON list of {name, params, flops}"
+  )
+  parser.add_argument(
+    "--no-flops", action="store_true", help="skip the XLA compilation that counts FLOPs"
+  )
+  parser.add_argument(
+    "--layers",
+    action="store_true",
+    help="print a per-layer table (shapes, FLOPs, parameters) of each NAME",
+  )
+  parser.add_argument(
+    "--depth",
+    type=int,
+    default=None,
+    help="with --layers: list submodules this deep only (default: all)",
+  )
+  parser.add_argument(
+    "names", nargs="*", metavar="NAME", help="models to list (default: all registered)"
+  )
   args = parser.parse_args(argv)
   names = args.names or models.model_names()
   unknown = sorted(set(names) - set(models.model_names()))
   if unknown:
-    parser.error(f"unknown model(s) {', '.join(unknown)}; registered: "
-                 f"{', '.join(models.model_names())}")
+    parser.error(
+      f"unknown model(s) {', '.join(unknown)}; registered: {', '.join(models.model_names())}"
+    )
   if args.layers:
     if not args.names or args.json:
-      parser.error("--layers prints a table per model: name the model(s), e.g. "
-                   "`python -m cifar_jax.models resnet18 --layers`, without --json")
+      parser.error(
+        "--layers prints a table per model: name the model(s), e.g. "
+        "`python -m cifar_jax.models resnet18 --layers`, without --json"
+      )
     for name in names:
       print(f"{name}\n{summary.layer_table(name, flops=not args.no_flops, depth=args.depth)}")
     return 0

@@ -22,10 +22,12 @@ affine) + ReLU + dropout 0.3, FC 256->64->32 (ReLU), dropout 0.1,
 FC 32->16 (ReLU) ->10. The convolutions keep their biases as the PyTorch
 original (nn.Conv2d default) does, even before a BatchNorm.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -59,6 +61,7 @@ class SixConvNet(nn.Module):
 
 class SimpleCNN(nn.Module):
   """Two convolutions and three dense layers; see the module docstring."""
+
   num_classes: int = 10
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None  # No BatchNorm; accepted for the contract.
@@ -86,6 +89,7 @@ class DeepCNN(nn.Module):
   ``widths`` are the eight conv widths (max-pool after the fourth, BatchNorm
   after the first and fifth) and ``hidden`` the four hidden dense widths.
   """
+
   num_classes: int = 10
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
@@ -98,8 +102,9 @@ class DeepCNN(nn.Module):
   def __call__(self, x, train: bool = False):
     if len(self.widths) != 8 or len(self.hidden) != 4:
       raise ValueError("deep_cnn needs 8 conv widths and 4 hidden widths")
-    norm = functools.partial(layers.batch_norm, train, self.dtype,
-                             self.bn_axis_name, use_affine=False)
+    norm = functools.partial(
+      layers.batch_norm, train, self.dtype, self.bn_axis_name, use_affine=False
+    )
     conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
     for i, features in enumerate(self.widths):

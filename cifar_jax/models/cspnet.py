@@ -18,10 +18,13 @@ shorter stages also keep the model CIFAR-sized. ``stem_width``, ``widths``
 (the outputs of the stride-2 convs; CSP stage i works at ``widths[i]``),
 ``depths`` and ``activation`` are fields. Defaults give 2,076,074 parameters.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any
+from typing import Callable
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,6 +36,7 @@ from cifar_jax.models.layers import ConvNormAct
 
 class CSPBlock(nn.Module):
   """Cross-stage-partial block of ``num_units`` residual bottleneck units."""
+
   features: int
   num_units: int
   norm: Callable[[], nn.Module]
@@ -68,18 +72,22 @@ class CSPNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if len(self.widths) != len(self.depths) + 1:
-      raise ValueError("widths needs one entry per stride-2 conv, i.e. "
-                       f"len(depths) + 1; got {self.widths} and {self.depths}")
+      raise ValueError(
+        "widths needs one entry per stride-2 conv, i.e. "
+        f"len(depths) + 1; got {self.widths} and {self.depths}"
+      )
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     conv = layers.conv_module(self.conv_general_dilated)
-    unit = functools.partial(ConvNormAct, norm=norm,
-                             act=layers.activation(self.activation), conv=conv)
+    unit = functools.partial(
+      ConvNormAct, norm=norm, act=layers.activation(self.activation), conv=conv
+    )
     x = x.astype(self.dtype)
     x = unit(self.stem_width, 3, name="stem")(x)
     x = unit(self.widths[0], 3, 2, name="down0")(x)
     for i, depth in enumerate(self.depths):
-      x = CSPBlock(self.widths[i], depth, norm, layers.activation(self.activation),
-                   conv, name=f"csp{i}")(x)
+      x = CSPBlock(
+        self.widths[i], depth, norm, layers.activation(self.activation), conv, name=f"csp{i}"
+      )(x)
       x = unit(self.widths[i + 1], 3, 2, name=f"down{i + 1}")(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

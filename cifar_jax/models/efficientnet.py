@@ -22,6 +22,7 @@ B0/B1 do) rather than the TensorFlow original's 1e-3.
 Parameters with 10 classes: B0 4,020,358, B1 6,525,994 (torchvision's counts
 minus the 1000-class head difference).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,15 @@ from cifar_jax.models.layers import DropPath
 
 # Per stage: (expand_ratio, kernel, out_channels, repeats) before width/depth
 # scaling. Strides are a separate field.
-B0_STAGES = ((1, 3, 16, 1), (6, 3, 24, 2), (6, 5, 40, 2), (6, 3, 80, 3),
-              (6, 5, 112, 3), (6, 5, 192, 4), (6, 3, 320, 1))
+B0_STAGES = (
+  (1, 3, 16, 1),
+  (6, 3, 24, 2),
+  (6, 5, 40, 2),
+  (6, 3, 80, 3),
+  (6, 5, 112, 3),
+  (6, 5, 192, 4),
+  (6, 3, 320, 1),
+)
 
 
 def round_filters(channels: float, width_mult: float, divisor: int = 8) -> int:
@@ -60,6 +68,7 @@ def round_repeats(repeats: int, depth_mult: float) -> int:
 
 class SqueezeExcite(nn.Module):
   """Channel gates from globally pooled features: reduce, act, expand, sigmoid."""
+
   squeeze_features: int
   act: Callable[[jnp.ndarray], jnp.ndarray]
   conv: layers.ModuleDef = nn.Conv
@@ -119,25 +128,45 @@ class EfficientNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if len(self.strides) != len(self.stages):
-      raise ValueError(f"strides {self.strides} needs one entry per stage "
-                       f"({len(self.stages)})")
+      raise ValueError(f"strides {self.strides} needs one entry per stage ({len(self.stages)})")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
-    x = ConvNormAct(round_filters(32, self.width_mult), 3, self.stem_stride,
-                    norm=norm, act=act, conv=conv, name="stem")(x)
+    x = ConvNormAct(
+      round_filters(32, self.width_mult),
+      3,
+      self.stem_stride,
+      norm=norm,
+      act=act,
+      conv=conv,
+      name="stem",
+    )(x)
     repeats = [round_repeats(r, self.depth_mult) for *_, r in self.stages]
     drop_rates = np.linspace(0.0, self.drop_connect_rate, sum(repeats) + 1)[:-1]
     block = 0
     for (expand, kernel, out, _), n, stride in zip(self.stages, repeats, self.strides):
       for i in range(n):
-        x = MBConv(round_filters(out, self.width_mult), expand, kernel,
-                   stride if i == 0 else 1, self.se_ratio, float(drop_rates[block]),
-                   norm, act, conv)(x, train)
+        x = MBConv(
+          round_filters(out, self.width_mult),
+          expand,
+          kernel,
+          stride if i == 0 else 1,
+          self.se_ratio,
+          float(drop_rates[block]),
+          norm,
+          act,
+          conv,
+        )(x, train)
         block += 1
-    x = ConvNormAct(round_filters(self.head_features, self.width_mult), 1,
-                    norm=norm, act=act, conv=conv, name="head_conv")(x)
+    x = ConvNormAct(
+      round_filters(self.head_features, self.width_mult),
+      1,
+      norm=norm,
+      act=act,
+      conv=conv,
+      name="head_conv",
+    )(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

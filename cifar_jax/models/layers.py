@@ -1,6 +1,7 @@
 """Building blocks shared by several model families: the convolution
 implementation a model is given, norm, activations, conv-norm-act units,
 stochastic depth, pooling and the transformer MLP."""
+
 from __future__ import annotations
 
 import functools
@@ -29,14 +30,15 @@ def conv_module(conv_general_dilated: ConvFn) -> ModuleDef:
     return nn.Conv
   return functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
+
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
-    "relu": nn.relu,
-    "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.01),
-    "relu6": nn.relu6,
-    "gelu": nn.gelu,
-    "swish": nn.swish,
-    "silu": nn.silu,
-    "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
+  "relu": nn.relu,
+  "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.01),
+  "relu6": nn.relu6,
+  "gelu": nn.gelu,
+  "swish": nn.swish,
+  "silu": nn.silu,
+  "mish": lambda x: x * jnp.tanh(nn.softplus(x)),
 }
 
 
@@ -60,8 +62,7 @@ class BatchNorm(nn.BatchNorm):
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None):
-    frozen = nn.merge_param("use_running_average", self.use_running_average,
-                            use_running_average)
+    frozen = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
     updates = not frozen and not self.is_initializing()
     old_var = self.get_variable("batch_stats", "var") if updates else None
     y = super().__call__(x, use_running_average)
@@ -78,10 +79,17 @@ class BatchNorm(nn.BatchNorm):
     return y
 
 
-def batch_norm(train: bool, dtype: Any, axis_name: str | None, *,
-               use_affine: bool = True, zero_init: bool = False,
-               momentum: float = 0.9, use_scale: bool | None = None,
-               name: str | None = None) -> nn.BatchNorm:
+def batch_norm(
+  train: bool,
+  dtype: Any,
+  axis_name: str | None,
+  *,
+  use_affine: bool = True,
+  zero_init: bool = False,
+  momentum: float = 0.9,
+  use_scale: bool | None = None,
+  name: str | None = None,
+) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults and updates (momentum 0.1 == flax 0.9,
   eps 1e-5, running variance from the unbiased batch variance: `BatchNorm`).
 
@@ -93,11 +101,16 @@ def batch_norm(train: bool, dtype: Any, axis_name: str | None, *,
   ``use_affine``).
   """
   return BatchNorm(
-      use_running_average=not train, momentum=momentum, epsilon=1e-5, dtype=dtype,
-      axis_name=axis_name, use_bias=use_affine,
-      use_scale=use_affine if use_scale is None else use_scale,
-      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
-      name=name)
+    use_running_average=not train,
+    momentum=momentum,
+    epsilon=1e-5,
+    dtype=dtype,
+    axis_name=axis_name,
+    use_bias=use_affine,
+    use_scale=use_affine if use_scale is None else use_scale,
+    scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+    name=name,
+  )
 
 
 class ConvNormAct(nn.Module):
@@ -107,6 +120,7 @@ class ConvNormAct(nn.Module):
   ``functools.partial(batch_norm, train, dtype, axis_name)``; without it the
   convolution gets a bias. ``groups == features`` makes it depthwise.
   """
+
   features: int
   kernel_size: int = 3
   strides: int = 1
@@ -120,9 +134,15 @@ class ConvNormAct(nn.Module):
     if self.kernel_size % 2 != 1:
       raise ValueError(f"kernel_size must be odd, got {self.kernel_size}")
     pad = self.kernel_size // 2
-    x = self.conv(self.features, (self.kernel_size, self.kernel_size), self.strides,
-                  padding=pad, feature_group_count=self.groups,
-                  use_bias=self.norm is None, dtype=x.dtype)(x)
+    x = self.conv(
+      self.features,
+      (self.kernel_size, self.kernel_size),
+      self.strides,
+      padding=pad,
+      feature_group_count=self.groups,
+      use_bias=self.norm is None,
+      dtype=x.dtype,
+    )(x)
     if self.norm is not None:
       x = self.norm()(x)
     if self.act is not None:
@@ -137,6 +157,7 @@ class DropPath(nn.Module):
   rescales the kept ones by ``1 / (1 - rate)``. Uses the 'dropout' rng; the
   identity when ``deterministic`` or ``rate == 0``.
   """
+
   rate: float = 0.0
 
   @nn.compact
@@ -159,7 +180,7 @@ def max_pool(x: jnp.ndarray, size: int = 2) -> jnp.ndarray:
   reshape-and-reduce-max, are several times slower.
   """
   _, h, w, _ = x.shape
-  return _window_max(x[:, :h - h % size, :w - w % size], size)  # VALID: drop the border
+  return _window_max(x[:, : h - h % size, : w - w % size], size)  # VALID: drop the border
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -188,8 +209,9 @@ def _window_max_forward(x, size):
 def _window_max_backward(size, winner, g):
   b, h, w, c = g.shape
   phase = jnp.arange(size * size, dtype=jnp.int8).reshape(1, 1, size, 1, size, 1)
-  routed = jnp.where(winner[:, :, None, :, None, :] == phase, g[:, :, None, :, None, :],
-                     jnp.zeros((), g.dtype))
+  routed = jnp.where(
+    winner[:, :, None, :, None, :] == phase, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)
+  )
   return (routed.reshape(b, h * size, w * size, c),)
 
 
@@ -204,6 +226,7 @@ TransformerDense = functools.partial(nn.Dense, kernel_init=transformer_dense_ini
 
 class TransformerMlp(nn.Module):
   """The transformer feed-forward block: dense, GELU, dropout, dense, dropout."""
+
   hidden: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32

@@ -4,6 +4,7 @@ Adapted from the original 1-channel design: the first convolution takes 3
 channels and ReLU replaces the scaled tanh, as the seed project did; with max
 pooling this gives 62,006 parameters.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -19,6 +19,7 @@ model computes the same function (tests/reference_test.py), and with
 Parameters with 10 classes: 2,236,682 (torchvision's count minus the
 1000-class head difference).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,7 @@ from cifar_jax.models import layers
 from cifar_jax.models.layers import ConvNormAct
 
 # Per stage: (expand_ratio t, out_channels c, repeats n). Strides are a field.
-STAGES = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3),
-           (6, 160, 3), (6, 320, 1))
+STAGES = ((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 4), (6, 96, 3), (6, 160, 3), (6, 320, 1))
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -83,18 +83,25 @@ class MobileNetV2(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if len(self.strides) != len(self.stages):
-      raise ValueError(f"strides {self.strides} needs one entry per stage "
-                       f"({len(self.stages)})")
+      raise ValueError(f"strides {self.strides} needs one entry per stage ({len(self.stages)})")
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     conv = layers.conv_module(self.conv_general_dilated)
     x = x.astype(self.dtype)
-    x = ConvNormAct(make_divisible(32 * self.width_mult), 3, self.stem_stride,
-                    norm=norm, act=act, conv=conv, name="stem")(x)
+    x = ConvNormAct(
+      make_divisible(32 * self.width_mult),
+      3,
+      self.stem_stride,
+      norm=norm,
+      act=act,
+      conv=conv,
+      name="stem",
+    )(x)
     for (t, c, n), s in zip(self.stages, self.strides):
       for i in range(n):
-        x = InvertedResidual(make_divisible(c * self.width_mult),
-                             s if i == 0 else 1, t, norm, act, conv)(x)
+        x = InvertedResidual(
+          make_divisible(c * self.width_mult), s if i == 0 else 1, t, norm, act, conv
+        )(x)
     last = make_divisible(self.last_features * max(1.0, self.width_mult))
     x = ConvNormAct(last, 1, norm=norm, act=act, conv=conv, name="last_conv")(x)
     x = jnp.mean(x, axis=(1, 2))

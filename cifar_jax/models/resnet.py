@@ -12,6 +12,7 @@ ResNet18/34/50 have 11,173,962 / 21,282,122 / 23,520,842 parameters.
 Options from one seed: ``dropout_rate`` before the classifier and
 ``activation`` (``relu`` or ``leaky_relu``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,6 +32,7 @@ class BasicBlock(nn.Module):
   ``kernel_size`` and ``skip_kernel_size`` must be odd (symmetric padding k//2
   keeps 'same' sizes); the defaults 3 and 1 are the standard ResNet block.
   """
+
   features: int
   strides: int
   norm: Any
@@ -45,14 +47,15 @@ class BasicBlock(nn.Module):
     k = self.kernel_size
     if k % 2 != 1:
       raise ValueError(f"kernel_size must be odd, got {k}")
-    y = self.conv(self.features, (k, k), self.strides, padding=k // 2,
-                  use_bias=False, dtype=x.dtype)(x)
+    y = self.conv(
+      self.features, (k, k), self.strides, padding=k // 2, use_bias=False, dtype=x.dtype
+    )(x)
     y = self.act(self.norm()(y))
-    y = self.conv(self.features, (k, k), padding=k // 2, use_bias=False,
-                  dtype=x.dtype)(y)
+    y = self.conv(self.features, (k, k), padding=k // 2, use_bias=False, dtype=x.dtype)(y)
     y = self.norm()(y)
-    return self.act(y + _shortcut(x, self.features, self.strides, self.norm, self.conv,
-                                  self.skip_kernel_size))
+    return self.act(
+      y + _shortcut(x, self.features, self.strides, self.norm, self.conv, self.skip_kernel_size)
+    )
 
 
 class Bottleneck(nn.Module):
@@ -66,24 +69,27 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x):
     out = self.features * self.expansion
-    y = self.act(self.norm()(self.conv(self.features, (1, 1), use_bias=False,
-                                       dtype=x.dtype)(x)))
-    y = self.conv(self.features, (3, 3), self.strides, padding=1, use_bias=False,
-                  dtype=x.dtype)(y)
+    y = self.act(self.norm()(self.conv(self.features, (1, 1), use_bias=False, dtype=x.dtype)(x)))
+    y = self.conv(self.features, (3, 3), self.strides, padding=1, use_bias=False, dtype=x.dtype)(y)
     y = self.act(self.norm()(y))
     y = self.norm()(self.conv(out, (1, 1), use_bias=False, dtype=x.dtype)(y))
     return self.act(y + _shortcut(x, out, self.strides, self.norm, self.conv))
 
 
-def _shortcut(x, features: int, strides: int, norm, conv: layers.ModuleDef,
-              kernel_size: int = 1):
+def _shortcut(x, features: int, strides: int, norm, conv: layers.ModuleDef, kernel_size: int = 1):
   """Identity, or a kxk (default 1x1) projection + BN when the shape changes."""
   if strides == 1 and x.shape[-1] == features:
     return x
   if kernel_size % 2 != 1:
     raise ValueError(f"skip kernel_size must be odd, got {kernel_size}")
-  y = conv(features, (kernel_size, kernel_size), strides,
-           padding=kernel_size // 2, use_bias=False, dtype=x.dtype)(x)
+  y = conv(
+    features,
+    (kernel_size, kernel_size),
+    strides,
+    padding=kernel_size // 2,
+    use_bias=False,
+    dtype=x.dtype,
+  )(x)
   return norm()(y)
 
 
@@ -125,5 +131,4 @@ class ResNet(nn.Module):
 
 models.register("resnet18", functools.partial(ResNet, stage_sizes=(2, 2, 2, 2)))
 models.register("resnet34", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3)))
-models.register("resnet50", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
-                                              block=Bottleneck))
+models.register("resnet50", functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=Bottleneck))

@@ -21,10 +21,12 @@ pooling). It is ResNet18's block type without the 512-channel stage (8.4M of
 ResNet18's 11.2M parameters) and with the budget spent on depth instead:
 4 + 4 + 3 blocks (22 weighted conv layers) against ResNet18's 2 + 2 + 2.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -50,12 +52,12 @@ class ResNetBudget(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     n = len(self.stage_sizes)
-    if not (len(self.widths) == len(self.kernel_sizes) ==
-            len(self.skip_kernel_sizes) == n):
+    if not (len(self.widths) == len(self.kernel_sizes) == len(self.skip_kernel_sizes) == n):
       raise ValueError(
-          "stage_sizes, widths, kernel_sizes and skip_kernel_sizes need one "
-          f"entry per stage; got {self.stage_sizes}, {self.widths}, "
-          f"{self.kernel_sizes}, {self.skip_kernel_sizes}")
+        "stage_sizes, widths, kernel_sizes and skip_kernel_sizes need one "
+        f"entry per stage; got {self.stage_sizes}, {self.widths}, "
+        f"{self.kernel_sizes}, {self.skip_kernel_sizes}"
+      )
     norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name)
     act = layers.activation(self.activation)
     conv = layers.conv_module(self.conv_general_dilated)
@@ -65,14 +67,20 @@ class ResNetBudget(nn.Module):
     for stage in range(n):
       for b in range(self.stage_sizes[stage]):
         strides = 2 if stage > 0 and b == 0 else 1
-        x = BasicBlock(self.widths[stage], strides, norm, act,
-                       kernel_size=self.kernel_sizes[stage],
-                       skip_kernel_size=self.skip_kernel_sizes[stage], conv=conv)(x)
+        x = BasicBlock(
+          self.widths[stage],
+          strides,
+          norm,
+          act,
+          kernel_size=self.kernel_sizes[stage],
+          skip_kernel_size=self.skip_kernel_sizes[stage],
+          conv=conv,
+        )(x)
     if self.pool_size > x.shape[1]:
-      raise ValueError(f"pool_size {self.pool_size} exceeds the final "
-                       f"{x.shape[1]}x{x.shape[2]} map")
-    x = nn.avg_pool(x, (self.pool_size, self.pool_size),
-                    strides=(self.pool_size, self.pool_size))
+      raise ValueError(
+        f"pool_size {self.pool_size} exceeds the final {x.shape[1]}x{x.shape[2]} map"
+      )
+    x = nn.avg_pool(x, (self.pool_size, self.pool_size), strides=(self.pool_size, self.pool_size))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -36,10 +36,12 @@ statistics momentum 0.6 (flax convention; PyTorch's 0.4), a bias and no scale
 the difference immaterial). Activation is flax's GELU (tanh approximation;
 airbench uses the exact erf form).
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -62,13 +64,13 @@ def dirac_init(key, shape, dtype=jnp.float32):
   as airbench's partial dirac init."""
   kh, kw, cin, cout = shape
   n = min(cin, cout)
-  identity = jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2].set(
-      jnp.eye(cin, n, dtype=dtype))
+  identity = (
+    jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2].set(jnp.eye(cin, n, dtype=dtype))
+  )
   return _torch_uniform(key, shape, dtype).at[..., :n].set(identity)
 
 
-def whitening_filters(images: Any, patch_size: int = 2,
-                      eps: float = WHITENING_EPS) -> np.ndarray:
+def whitening_filters(images: Any, patch_size: int = 2, eps: float = WHITENING_EPS) -> np.ndarray:
   """(p, p, C, p*p*C) conv kernel (HWIO) whitening the p x p patches of ``images``.
 
   ``images`` (N, H, W, C) are as the model receives them (normalised). Column
@@ -84,11 +86,16 @@ def whitening_filters(images: Any, patch_size: int = 2,
   moment = np.zeros((dim, dim), np.float64)
   count = 0
   for start in range(0, len(images), 500):  # bounded memory for the patches
-    chunk = images[start:start + 500]
+    chunk = images[start : start + 500]
     # Patch vectors ordered (dy, dx, channel), as a flattened HWIO kernel.
     patches = np.concatenate(
-        [chunk[:, dy:height - p + 1 + dy, dx:width - p + 1 + dx]
-         for dy in range(p) for dx in range(p)], axis=-1).reshape(-1, dim)
+      [
+        chunk[:, dy : height - p + 1 + dy, dx : width - p + 1 + dx]
+        for dy in range(p)
+        for dx in range(p)
+      ],
+      axis=-1,
+    ).reshape(-1, dim)
     patches = patches.astype(np.float64)
     moment += patches.T @ patches
     count += len(patches)
@@ -104,6 +111,7 @@ class PatchWhitening(nn.Module):
   The filters are the ``batch_stats`` variable ``kernel`` (see the module
   docstring); ``init_whitening`` sets them from data.
   """
+
   patch_size: int = 2
   dtype: Any = jnp.float32
   conv_general_dilated: layers.ConvFn = layers.xla_conv
@@ -120,8 +128,8 @@ class PatchWhitening(nn.Module):
     kernel = self.variable("batch_stats", "kernel", identity_filters).value
     bias = self.param("bias", nn.initializers.zeros, (2 * dim,), jnp.float32)
     y = self.conv_general_dilated(
-        x, kernel.astype(self.dtype), (1, 1), "VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, kernel.astype(self.dtype), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return y + bias.astype(self.dtype)
 
 
@@ -141,6 +149,7 @@ def padding_before_pool(size: int, pool: int = 2) -> tuple[tuple[int, int], tupl
 
 class ConvGroup(nn.Module):
   """conv 3x3 -> max-pool 2 -> BN -> act -> conv 3x3 -> BN -> act."""
+
   features: int
   norm: Any
   act: Any
@@ -149,8 +158,9 @@ class ConvGroup(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(self.conv, self.features, (3, 3), use_bias=False,
-                             dtype=self.dtype, kernel_init=dirac_init)
+    conv = functools.partial(
+      self.conv, self.features, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=dirac_init
+    )
     height, width = x.shape[1:3]
     if height != width:
       raise ValueError(f"ConvGroup expects square feature maps, got {height}x{width}")
@@ -161,6 +171,7 @@ class ConvGroup(nn.Module):
 
 class SpeedrunNet(nn.Module):
   """airbench94's network; see the module docstring."""
+
   num_classes: int = 10
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
@@ -174,17 +185,25 @@ class SpeedrunNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     act = layers.activation(self.activation)
-    norm = functools.partial(layers.batch_norm, train, self.dtype, self.bn_axis_name,
-                             momentum=self.bn_momentum, use_scale=False)
+    norm = functools.partial(
+      layers.batch_norm,
+      train,
+      self.dtype,
+      self.bn_axis_name,
+      momentum=self.bn_momentum,
+      use_scale=False,
+    )
     x = x.astype(self.dtype)
-    x = act(PatchWhitening(self.whiten_patch_size, self.dtype, self.conv_general_dilated,
-                           name="whiten")(x))
+    x = act(
+      PatchWhitening(self.whiten_patch_size, self.dtype, self.conv_general_dilated, name="whiten")(
+        x
+      )
+    )
     conv = layers.conv_module(self.conv_general_dilated)
     for features in self.widths:
       x = ConvGroup(features, norm, act, self.dtype, conv)(x)
     x = jnp.max(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype,
-                 kernel_init=_torch_uniform)(x)
+    x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, kernel_init=_torch_uniform)(x)
     return x * jnp.asarray(self.logit_scale, x.dtype)
 
 
@@ -195,8 +214,10 @@ def init_whitening(variables: dict[str, Any], images: Any) -> dict[str, Any]:
   filters = whitening_filters(images, patch_size=kernel.shape[0])
   new_kernel = jnp.asarray(np.concatenate([filters, -filters], axis=-1), kernel.dtype)
   if new_kernel.shape != kernel.shape:
-    raise ValueError(f"whitening filters {new_kernel.shape} do not fit the kernel "
-                     f"{kernel.shape}: images with {np.shape(images)[-1]} channels?")
+    raise ValueError(
+      f"whitening filters {new_kernel.shape} do not fit the kernel "
+      f"{kernel.shape}: images with {np.shape(images)[-1]} channels?"
+    )
   batch_stats = {**variables["batch_stats"], "whiten": {**stats, "kernel": new_kernel}}
   return {**variables, "batch_stats": batch_stats}
 

@@ -17,6 +17,7 @@ values may differ slightly between backends and XLA versions.
 one row per module with its input and output shapes, its FLOPs (the same XLA
 count, of that module alone) and its parameters and BatchNorm statistics.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,7 +28,6 @@ import jax.numpy as jnp
 
 from cifar_jax import input_pipeline
 from cifar_jax import models
-
 
 
 def count_params(variables_or_params: Any) -> int:
@@ -58,8 +58,11 @@ def forward_flops(model, variables=None) -> float:
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
   # The executable is never run, so skip LLVM's optimisations: the HLO (whose
   # cost is analysed) is the same and compilation is about twice as fast.
-  cost = fwd.lower(variables, x).compile(
-      compiler_options={"xla_backend_optimization_level": 0}).cost_analysis()
+  cost = (
+    fwd.lower(variables, x)
+    .compile(compiler_options={"xla_backend_optimization_level": 0})
+    .cost_analysis()
+  )
   if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
     cost = cost[0] if cost else {}
   if not cost or "flops" not in cost:
@@ -77,28 +80,33 @@ def model_stats(name: str, flops: bool = True, **kwargs: Any) -> dict:
   model = models.get_model(name, **kwargs)
   variables = abstract_variables(model)
   return {
-      "name": name,
-      "params": count_params(variables),
-      "flops": forward_flops(model, variables) if flops else None,
+    "name": name,
+    "params": count_params(variables),
+    "flops": forward_flops(model, variables) if flops else None,
   }
 
 
-def layer_table(name: str, flops: bool = True, depth: int | None = None,
-                width: int = 160, **kwargs: Any) -> str:
+def layer_table(
+  name: str, flops: bool = True, depth: int | None = None, width: int = 160, **kwargs: Any
+) -> str:
   """flax's per-module table of registered model ``name`` on one 32x32x3
   image in eval mode (see the module docstring). ``depth`` limits how deep
   submodules are listed (None: all); ``width`` is the table's in characters."""
   import flax.linen as nn
+
   model = models.get_model(name, **kwargs)
   x = jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE, jnp.float32)
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
   # No colours: the table is read in files and pipes as often as in terminals.
   console = {"width": width, "force_terminal": False, "color_system": None}
-  table = nn.tabulate(model, rngs, depth=depth, compute_flops=flops,
-                      console_kwargs=console)(x, train=False)
+  table = nn.tabulate(model, rngs, depth=depth, compute_flops=flops, console_kwargs=console)(
+    x, train=False
+  )
   variables = abstract_variables(model)
   if set(variables) == {"params"}:
     return table.rstrip()
   # tabulate's total counts BatchNorm statistics as parameters; say what is trained.
-  return (f"{table.rstrip()}\nTrainable parameters (BatchNorm statistics left out): "
-          f"{count_params(variables):,}")
+  return (
+    f"{table.rstrip()}\nTrainable parameters (BatchNorm statistics left out): "
+    f"{count_params(variables):,}"
+  )

@@ -31,6 +31,7 @@ unmasked, while the official code, and this one, shrink the window to the
 map. Stage 3 (4x4 tokens, window 4) is the same in both: one unshifted window
 (tests/reference_test.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -98,14 +99,15 @@ class WindowAttention(nn.Module):
   def __call__(self, x, mask, train: bool):
     bw, n, c = x.shape
     head_dim = c // self.num_heads
-    table = self.param("relative_position_bias_table", _dense_init,
-                       ((2 * self.window_size - 1) ** 2, self.num_heads))
+    table = self.param(
+      "relative_position_bias_table", _dense_init, ((2 * self.window_size - 1) ** 2, self.num_heads)
+    )
     index = relative_position_index(self.window_size).reshape(-1)
     bias = table[index].reshape(n, n, self.num_heads).transpose(2, 0, 1)
 
     qkv = _Dense(3 * c, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(bw, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0] * head_dim ** -0.5, qkv[1], qkv[2]
+    q, k, v = qkv[0] * head_dim**-0.5, qkv[1], qkv[2]
     attn = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
     if mask is not None:
       nw = mask.shape[0]
@@ -143,9 +145,9 @@ class SwinBlock(nn.Module):
       mask = jnp.asarray(shifted_window_mask(h, w, window, shift))
     else:
       mask = None
-    y = WindowAttention(self.num_heads, window, self.attn_drop_rate,
-                        self.drop_rate, self.dtype)(window_partition(y, window),
-                                                    mask, train)
+    y = WindowAttention(self.num_heads, window, self.attn_drop_rate, self.drop_rate, self.dtype)(
+      window_partition(y, window), mask, train
+    )
     y = window_reverse(y, window, h, w)
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
@@ -158,13 +160,15 @@ class SwinBlock(nn.Module):
 
 class PatchMerging(nn.Module):
   """2x2 neighbourhood -> 4C concat -> LayerNorm -> linear to 2C (no bias)."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
-    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2],
-                         x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+    x = jnp.concatenate(
+      [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
+    )
     x = _LayerNorm(dtype=self.dtype)(x)
     return _Dense(2 * c, use_bias=False, dtype=self.dtype)(x)
 
@@ -187,24 +191,31 @@ class SwinTransformer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     if len(self.depths) != len(self.num_heads):
-      raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} "
-                       "need one entry per stage")
+      raise ValueError(
+        f"depths {self.depths} and num_heads {self.num_heads} need one entry per stage"
+      )
     x = x.astype(self.dtype)
     p = self.patch_size
     x = layers.conv_module(self.conv_general_dilated)(
-        self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-        name="patch_embed")(x)
+      self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed"
+    )(x)
     x = _LayerNorm(dtype=self.dtype, name="patch_norm")(x)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     block = 0
     for stage, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
       for i in range(depth):
-        x = SwinBlock(heads, self.window_size,
-                      0 if i % 2 == 0 else self.window_size // 2,
-                      self.mlp_ratio, self.drop_rate, self.attn_drop_rate,
-                      float(rates[block]), self.dtype,
-                      name=f"stage{stage}_block{i}")(x, train)
+        x = SwinBlock(
+          heads,
+          self.window_size,
+          0 if i % 2 == 0 else self.window_size // 2,
+          self.mlp_ratio,
+          self.drop_rate,
+          self.attn_drop_rate,
+          float(rates[block]),
+          self.dtype,
+          name=f"stage{stage}_block{i}",
+        )(x, train)
         block += 1
       if stage < len(self.depths) - 1:
         x = PatchMerging(self.dtype, name=f"stage{stage}_merge")(x)
@@ -214,5 +225,6 @@ class SwinTransformer(nn.Module):
 
 
 models.register("swin_tiny", SwinTransformer)
-models.register("swin_small", functools.partial(
-    SwinTransformer, depths=(2, 2, 18, 2), drop_path_rate=0.3))
+models.register(
+  "swin_small", functools.partial(SwinTransformer, depths=(2, 2, 18, 2), drop_path_rate=0.3)
+)

@@ -32,6 +32,7 @@ Pretrained weights: build the model with the reference's ImageNet settings
 torchvision's weights into it, then replace what CIFAR needs changed (the
 classifier) before fine-tuning.
 """
+
 from __future__ import annotations
 
 import re
@@ -69,8 +70,9 @@ class _Conversion:
     """Names of the submodules of ``("params",) + scope`` that match
     ``pattern`` (whose first group is an index), in index order."""
     depth = 1 + len(scope)
-    names = {p[depth] for p in self._template
-             if p[:depth] == ("params",) + scope and len(p) > depth + 1}
+    names = {
+      p[depth] for p in self._template if p[:depth] == ("params",) + scope and len(p) > depth + 1
+    }
     matched = [(int(m.group(1)), n) for n in names if (m := re.fullmatch(pattern, n))]
     return [n for _, n in sorted(matched)]
 
@@ -89,8 +91,9 @@ class _Conversion:
     if value is None:  # its torch key was missing, already reported
       return
     if path not in self._template:
-      self._errors.append(f"no flax variable {'/'.join(path)} for a torch value of "
-                          f"shape {value.shape}")
+      self._errors.append(
+        f"no flax variable {'/'.join(path)} for a torch value of shape {value.shape}"
+      )
       return
     want = tuple(self._template[path].shape)
     if value.shape != want:
@@ -103,8 +106,7 @@ class _Conversion:
   def conv(self, scope: Path, prefix: str) -> None:
     """A Conv2d (with its bias where the Flax conv has one)."""
     weight = self.take(f"{prefix}.weight")
-    self.set(("params", *scope, "kernel"),
-             None if weight is None else weight.transpose(2, 3, 1, 0))
+    self.set(("params", *scope, "kernel"), None if weight is None else weight.transpose(2, 3, 1, 0))
     if self.has(("params", *scope, "bias")):
       self.set(("params", *scope, "bias"), self.take(f"{prefix}.bias"))
 
@@ -139,11 +141,11 @@ class _Conversion:
   def finish(self, what: str) -> dict[str, Any]:
     errors = list(self._errors)
     errors += [f"torch key {k!r} not converted" for k in sorted(self._unused)]
-    errors += [f"flax variable {'/'.join(p)} not set"
-               for p in self._template if p not in self._out]
+    errors += [f"flax variable {'/'.join(p)} not set" for p in self._template if p not in self._out]
     if errors:
-      raise ValueError(f"cannot convert the {what} state_dict ({len(errors)} problems):\n  "
-                       + "\n  ".join(errors))
+      raise ValueError(
+        f"cannot convert the {what} state_dict ({len(errors)} problems):\n  " + "\n  ".join(errors)
+      )
     tree: dict[str, Any] = {}
     for path, value in self._out.items():
       node = tree
@@ -165,8 +167,13 @@ def resnet_variables(state_dict: StateDict, template: Any) -> dict[str, Any]:
   c = _Conversion(state_dict, template)
   c.conv(("Conv_0",), "conv1")
   c.batch_norm(("BatchNorm_0",), "bn1")
-  torch_blocks = sorted({(int(m.group(1)), int(m.group(2))) for k in c.keys()
-                         if (m := re.match(r"layer(\d+)\.(\d+)\.", k))})
+  torch_blocks = sorted(
+    {
+      (int(m.group(1)), int(m.group(2)))
+      for k in c.keys()
+      if (m := re.match(r"layer(\d+)\.(\d+)\.", k))
+    }
+  )
   flax_blocks = c.modules((), r"(?:BasicBlock|Bottleneck)_(\d+)")
   if len(torch_blocks) != len(flax_blocks):
     c.error(f"{len(torch_blocks)} torch blocks, {len(flax_blocks)} flax blocks")
@@ -207,10 +214,16 @@ def efficientnet_variables(state_dict: StateDict, template: Any) -> dict[str, An
   """torchvision ``efficientnet_b0/b1`` -> ``efficientnet.EfficientNet``."""
   c = _Conversion(state_dict, template)
   c.conv_norm(("stem",), "features.0")
-  stages = sorted({int(m.group(1)) for k in c.keys()
-                   if (m := re.match(r"features\.(\d+)\.\d+\.block\.", k))})
-  torch_blocks = sorted({(int(m.group(1)), int(m.group(2))) for k in c.keys()
-                         if (m := re.match(r"features\.(\d+)\.(\d+)\.block\.", k))})
+  stages = sorted(
+    {int(m.group(1)) for k in c.keys() if (m := re.match(r"features\.(\d+)\.\d+\.block\.", k))}
+  )
+  torch_blocks = sorted(
+    {
+      (int(m.group(1)), int(m.group(2)))
+      for k in c.keys()
+      if (m := re.match(r"features\.(\d+)\.(\d+)\.block\.", k))
+    }
+  )
   flax_blocks = c.modules((), r"MBConv_(\d+)")
   if len(torch_blocks) != len(flax_blocks):
     c.error(f"{len(torch_blocks)} torch blocks, {len(flax_blocks)} flax blocks")
@@ -275,7 +288,7 @@ def vit_variables(state_dict: StateDict, template: Any) -> dict[str, Any]:
   c.set(("params", "cls_token"), c.take("cls_token"))
   c.set(("params", "pos_embedding"), c.take("pos_embed"))
   for block in c.modules((), r"block(\d+)"):
-    p = f"blocks.{int(block[len('block'):])}"
+    p = f"blocks.{int(block[len('block') :])}"
     c.layer_norm((block, "LayerNorm_0"), f"{p}.norm1")
     c.dense((block, "SelfAttention_0", "qkv"), f"{p}.attn.qkv")
     c.dense((block, "SelfAttention_0", "proj"), f"{p}.attn.proj")

@@ -18,6 +18,7 @@ pooling, qkv bias, LayerNorm eps 1e-6, exact GELU): timm's model created with
 ``patch_size=4, img_size=32, num_classes=10`` computes the same function
 (tests/reference_test.py), and with ``patch_size=16`` at 224x224 the stock one.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,7 +49,7 @@ class SelfAttention(nn.Module):
     head_dim = c // self.num_heads
     qkv = _Dense(3 * c, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0] * head_dim ** -0.5, qkv[:, :, 1], qkv[:, :, 2]
+    q, k, v = qkv[:, :, 0] * head_dim**-0.5, qkv[:, :, 1], qkv[:, :, 2]
     attn = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     attn = nn.softmax(attn, axis=-1).astype(self.dtype)
     attn = nn.Dropout(self.attn_dropout_rate, deterministic=not train)(attn)
@@ -69,8 +70,9 @@ class EncoderBlock(nn.Module):
   def __call__(self, x, train: bool):
     c = x.shape[-1]
     y = _LayerNorm(dtype=self.dtype)(x)
-    y = SelfAttention(self.num_heads, self.attn_dropout_rate, self.dropout_rate,
-                      self.dtype)(y, train)
+    y = SelfAttention(self.num_heads, self.attn_dropout_rate, self.dropout_rate, self.dtype)(
+      y, train
+    )
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
     y = _LayerNorm(dtype=self.dtype)(x)
     y = layers.TransformerMlp(int(c * self.mlp_ratio), self.dropout_rate, self.dtype)(y, train)
@@ -96,25 +98,31 @@ class VisionTransformer(nn.Module):
     x = x.astype(self.dtype)
     p = self.patch_size
     x = layers.conv_module(self.conv_general_dilated)(
-        self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-        name="patch_embed")(x)
+      self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="patch_embed"
+    )(x)
     b = x.shape[0]
     x = x.reshape(b, -1, self.embed_dim)
     cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.embed_dim))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.embed_dim)).astype(self.dtype),
-                         x], axis=1)
+    x = jnp.concatenate(
+      [jnp.broadcast_to(cls, (b, 1, self.embed_dim)).astype(self.dtype), x], axis=1
+    )
     pos = self.param("pos_embedding", _dense_init, (1, x.shape[1], self.embed_dim))
     x = x + pos.astype(self.dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_ratio, self.dropout_rate,
-                       self.attn_dropout_rate, float(rates[i]), self.dtype,
-                       name=f"block{i}")(x, train)
+      x = EncoderBlock(
+        self.num_heads,
+        self.mlp_ratio,
+        self.dropout_rate,
+        self.attn_dropout_rate,
+        float(rates[i]),
+        self.dtype,
+        name=f"block{i}",
+      )(x, train)
     x = _LayerNorm(dtype=self.dtype, name="norm")(x[:, 0])
     return _Dense(self.num_classes, dtype=self.dtype, name="head")(x)
 
 
 models.register("vit_tiny", VisionTransformer)
-models.register("vit_small", functools.partial(VisionTransformer, embed_dim=384,
-                                               num_heads=6))
+models.register("vit_small", functools.partial(VisionTransformer, embed_dim=384, num_heads=6))

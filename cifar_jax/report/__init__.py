@@ -20,7 +20,10 @@ The modules: `runs` reads a workdir into a `RunData`, `figures` draws,
 command. Importing the package imports no jax (only the FLOP count does), so
 the report starts fast.
 """
-from cifar_jax.report.runs import RunData, load_run, load_runs
+
+from cifar_jax.report.runs import RunData
+from cifar_jax.report.runs import load_run
+from cifar_jax.report.runs import load_runs
 from cifar_jax.report.write import write_report
 
 __all__ = ["RunData", "load_run", "load_runs", "write_report"]

@@ -10,6 +10,7 @@ comma-separated --workdirs (those come first), so `--workdirs runs/lenet5
 runs/r18` works too. `--noflops` skips the FLOP count, which compiles each
 model once.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,12 +28,20 @@ PROG = "cifar_jax.report"
 # Flag values of its own, not absl's global ones: tests call `main` in a
 # process that also holds cifar_jax.main's required flags.
 FLAGS = flags.FlagValues()
-flags.DEFINE_list("workdirs", [], "Run directories, comma-separated; or pass them after the "
-                  "flags, space-separated (the way for a name with a comma).", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Directory for the report (created if needed).",
-                    flag_values=FLAGS)
-flags.DEFINE_bool("flops", True, "Count each model's FLOPs (compiles it once, on the CPU); "
-                  "--noflops skips it.", flag_values=FLAGS)
+flags.DEFINE_list(
+  "workdirs",
+  [],
+  "Run directories, comma-separated; or pass them after the "
+  "flags, space-separated (the way for a name with a comma).",
+  flag_values=FLAGS,
+)
+flags.DEFINE_string("out", None, "Directory for the report (created if needed).", flag_values=FLAGS)
+flags.DEFINE_bool(
+  "flops",
+  True,
+  "Count each model's FLOPs (compiles it once, on the CPU); --noflops skips it.",
+  flag_values=FLAGS,
+)
 flags.mark_flag_as_required("out", flag_values=FLAGS)
 
 
@@ -42,9 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   positional = cli.parse_own_flags(FLAGS, argv, PROG, __doc__)
   workdirs = [*FLAGS.workdirs, *positional]
   if not workdirs:
-    sys.exit(f"{PROG}: error: no workdirs: pass them after the flags "
-             "(`python -m cifar_jax.report --out=DIR runs/a runs/b`) or as "
-             "--workdirs=runs/a,runs/b.")
+    sys.exit(
+      f"{PROG}: error: no workdirs: pass them after the flags "
+      "(`python -m cifar_jax.report --out=DIR runs/a runs/b`) or as "
+      "--workdirs=runs/a,runs/b."
+    )
   # The FLOP count compiles each model: on the CPU, so that a report never
   # grabs the memory of a GPU that is training.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -6,13 +6,15 @@ them may be missing or partial (a run still starting, training or stopped),
 which `load_run` notes instead of raising. `load_runs` adds the FLOP count of
 `cifar_jax.models.summary`, the one step that imports jax.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 import numpy as np
 
@@ -25,6 +27,7 @@ MISTAKES_SUFFIX = "_mistakes"
 @dataclasses.dataclass
 class RunData:
   """What a workdir holds; missing pieces are None / empty, with `notes` why."""
+
   workdir: Path
   slug: str  # filesystem-safe, unique among the runs of one report
   config: dict[str, Any] | None = None
@@ -60,8 +63,11 @@ class RunData:
 
   def series(self, key: str) -> tuple[list[int], list[float]]:
     """(epochs, values) of the records that have a finite `key`."""
-    pairs = [(r["epoch"], r[key]) for r in self.metrics
-             if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    pairs = [
+      (r["epoch"], r[key])
+      for r in self.metrics
+      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
     return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
   @property
@@ -106,8 +112,11 @@ def _read_metrics(run: RunData) -> list[records.EpochRecord]:
   """The epoch records; other lines are skipped and noted, except a bad last
   line: that is a run writing it right now."""
   contents = records.read(run.workdir)
-  run.notes.extend(f"skipped a malformed line {n} of `{records.METRICS_FILE}`"
-                   for n in contents.bad_lines if n != contents.num_lines)
+  run.notes.extend(
+    f"skipped a malformed line {n} of `{records.METRICS_FILE}`"
+    for n in contents.bad_lines
+    if n != contents.num_lines
+  )
   return contents.records
 
 
@@ -130,15 +139,17 @@ def load_run(workdir: str | Path, slug: str | None = None) -> RunData:
     config = _read_json(workdir / "config.json", run, "config")
     run.config = config if isinstance(config, dict) else None
   else:
-    run.notes.append("missing `config.json`: not a cifar_jax workdir, or the run "
-                     "has not started")
+    run.notes.append("missing `config.json`: not a cifar_jax workdir, or the run has not started")
   run.metrics = _read_metrics(run)
   if not run.metrics:
-    run.notes.append("no metrics yet: the run has not finished its first epoch "
-                     "(still starting, or it was stopped)")
+    run.notes.append(
+      "no metrics yet: the run has not finished its first epoch (still starting, or it was stopped)"
+    )
   elif run.num_epochs and run.metrics[-1]["epoch"] < run.num_epochs:
-    run.notes.append(f"only {run.metrics[-1]['epoch']} of {run.num_epochs} epochs done: "
-                     "the run is still going (or was stopped; the same command resumes it)")
+    run.notes.append(
+      f"only {run.metrics[-1]['epoch']} of {run.num_epochs} epochs done: "
+      "the run is still going (or was stopped; the same command resumes it)"
+    )
   for path in sorted(workdir.glob("eval_*.json")):
     result = _read_json(path, run, "evaluation")
     if isinstance(result, dict) and isinstance(result.get("accuracy"), (int, float)):
@@ -146,11 +157,14 @@ def load_run(workdir: str | Path, slug: str | None = None) -> RunData:
       result["mistakes"] = _load_mistakes(path.with_name(path.stem + MISTAKES_SUFFIX + ".npz"))
       run.evals.append(result)
   # The evaluation of the config's eval split first, then the newest.
-  run.evals.sort(key=lambda e: (e.get("split") != run.eval_split,
-                                -(workdir / e["file"]).stat().st_mtime))
+  run.evals.sort(
+    key=lambda e: (e.get("split") != run.eval_split, -(workdir / e["file"]).stat().st_mtime)
+  )
   if not run.evals:
-    run.notes.append("no evaluation yet: run `python -m cifar_jax.main --config=... "
-                     f"--workdir={workdir} --mode=eval`")
+    run.notes.append(
+      "no evaluation yet: run `python -m cifar_jax.main --config=... "
+      f"--workdir={workdir} --mode=eval`"
+    )
   return run
 
 
@@ -162,8 +176,9 @@ def _add_model_stats(run: RunData, cache: dict) -> None:
     from cifar_jax.models import summary
   except Exception:  # not written yet, or broken: FLOPs are then "n/a"
     return
-  options = {k: tuple(v) if isinstance(v, list) else v
-             for k, v in run.config["model"].items() if k != "name"}
+  options = {
+    k: tuple(v) if isinstance(v, list) else v for k, v in run.config["model"].items() if k != "name"
+  }
   num_classes = (run.config.get("dataset") or {}).get("num_classes")
   if num_classes:
     options["num_classes"] = num_classes

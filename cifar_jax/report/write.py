@@ -1,9 +1,11 @@
 """Writing a report: which figures the runs have data for, saved as PNGs
 next to the report.md that embeds them."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from typing import Sequence
 
 from matplotlib.figure import Figure
 
@@ -17,8 +19,7 @@ def _save(fig: Figure, path: Path, written: list[Path]) -> None:
   written.append(path)
 
 
-def write_report(workdirs: Sequence[str | Path], out: str | Path,
-                 flops: bool = True) -> list[Path]:
+def write_report(workdirs: Sequence[str | Path], out: str | Path, flops: bool = True) -> list[Path]:
   """Writes the pictures and report.md for `workdirs` into `out`; returns their paths."""
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -36,8 +37,7 @@ def write_report(workdirs: Sequence[str | Path], out: str | Path,
   else:
     figures["per_class_missing"] = "no run has been evaluated with --mode=eval yet"
   if any(run.params and run.accuracy_point for run in runs):
-    _save(figures_lib.accuracy_vs_params_figure(runs), out / "accuracy_vs_params.png",
-          written)
+    _save(figures_lib.accuracy_vs_params_figure(runs), out / "accuracy_vs_params.png", written)
     figures["accuracy_vs_params"] = "accuracy_vs_params.png"
   else:
     figures["accuracy_vs_params_missing"] = "no run has both an accuracy and a parameter count"
@@ -45,16 +45,24 @@ def write_report(workdirs: Sequence[str | Path], out: str | Path,
     result = run.primary_eval
     if result and result.get("confusion_matrix"):
       name = f"confusion_{run.slug}.png"
-      _save(figures_lib.confusion_figure(result["confusion_matrix"],
-                                         result.get("class_names", []),
-                                         figures_lib.eval_title(run, result)),
-            out / name, written)
+      _save(
+        figures_lib.confusion_figure(
+          result["confusion_matrix"],
+          result.get("class_names", []),
+          figures_lib.eval_title(run, result),
+        ),
+        out / name,
+        written,
+      )
       figures[run.slug]["confusion"] = name
     mistakes = result.get("mistakes") if result else None
     if mistakes is not None and len(mistakes.get("images", [])):
       name = f"mistakes_{run.slug}.png"
-      _save(figures_lib.mistakes_figure(mistakes, figures_lib.mistakes_title(run, result)),
-            out / name, written)
+      _save(
+        figures_lib.mistakes_figure(mistakes, figures_lib.mistakes_title(run, result)),
+        out / name,
+        written,
+      )
       figures[run.slug]["mistakes"] = name
   (out / "report.md").write_text(markdown.report_markdown(runs, figures) + "\n")
   written.append(out / "report.md")

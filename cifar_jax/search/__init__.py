@@ -51,33 +51,41 @@ The names below load their module on first use: `python -m cifar_jax.search`
 imports this package before its `__main__` switches on huge pages (which
 re-executes the process), and importing jax before that would be wasted.
 """
+
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
 
 _MODULE_OF = {
-    "run_search": "driver",
-    "SearchError": "errors",
-    "SearchInterrupted": "errors",
-    "MODEL_NAME": "space",
-    "DESIGN_FIELDS": "space",
-    "TRIALS_FILE": "artifacts",
-    "REJECTED_FILE": "artifacts",
-    "STATE_FILE": "artifacts",
-    "BEST_CONFIG_FILE": "artifacts",
-    "PLOT_FILE": "artifacts",
-    "read_trials": "artifacts",
-    "best_trial": "artifacts",
+  "run_search": "driver",
+  "SearchError": "errors",
+  "SearchInterrupted": "errors",
+  "MODEL_NAME": "space",
+  "DESIGN_FIELDS": "space",
+  "TRIALS_FILE": "artifacts",
+  "REJECTED_FILE": "artifacts",
+  "STATE_FILE": "artifacts",
+  "BEST_CONFIG_FILE": "artifacts",
+  "PLOT_FILE": "artifacts",
+  "read_trials": "artifacts",
+  "best_trial": "artifacts",
 }
 __all__ = sorted(_MODULE_OF)
 
 if TYPE_CHECKING:
-  from cifar_jax.search.artifacts import (BEST_CONFIG_FILE, PLOT_FILE, REJECTED_FILE,
-                                          STATE_FILE, TRIALS_FILE, best_trial, read_trials)
+  from cifar_jax.search.artifacts import BEST_CONFIG_FILE
+  from cifar_jax.search.artifacts import PLOT_FILE
+  from cifar_jax.search.artifacts import REJECTED_FILE
+  from cifar_jax.search.artifacts import STATE_FILE
+  from cifar_jax.search.artifacts import TRIALS_FILE
+  from cifar_jax.search.artifacts import best_trial
+  from cifar_jax.search.artifacts import read_trials
   from cifar_jax.search.driver import run_search
-  from cifar_jax.search.errors import SearchError, SearchInterrupted
-  from cifar_jax.search.space import DESIGN_FIELDS, MODEL_NAME
+  from cifar_jax.search.errors import SearchError
+  from cifar_jax.search.errors import SearchInterrupted
+  from cifar_jax.search.space import DESIGN_FIELDS
+  from cifar_jax.search.space import MODEL_NAME
 
 
 def __getattr__(name: str):

@@ -2,6 +2,7 @@
 
 Only ever run as a program, so its flags are defined at import.
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,10 +22,10 @@ PROG = "cifar_jax.search"
 __doc__ = search.__doc__  # what --help prints: what the search does and writes
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory of the search (trials, results, "
-                    "best config).")
-config_flags.DEFINE_config_file("config", None, "A search config, e.g. "
-                                "configs/search_resnet_budget.py.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory of the search (trials, results, best config).")
+config_flags.DEFINE_config_file(
+  "config", None, "A search config, e.g. configs/search_resnet_budget.py.", lock_config=True
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,11 +35,18 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.
-  from cifar_jax import checkpoint, input_pipeline, metrics
+  from cifar_jax import checkpoint
+  from cifar_jax import input_pipeline
+  from cifar_jax import metrics
   from cifar_jax import workdir as workdir_lib
 
-  known_errors = (input_pipeline.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
-                  metrics.NonFiniteLossError, workdir_lib.WorkdirBusyError, ValueError)
+  known_errors = (
+    input_pipeline.DatasetNotFoundError,
+    checkpoint.CheckpointMismatchError,
+    metrics.NonFiniteLossError,
+    workdir_lib.WorkdirBusyError,
+    ValueError,
+  )
   try:
     search.run_search(cli.config_or_exit(PROG), FLAGS.workdir)
   except search.SearchInterrupted as e:

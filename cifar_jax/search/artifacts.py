@@ -6,6 +6,7 @@ worst tear its last line, which reading drops (`workdir.read_jsonl`); the
 files rewritten by every run (rejected.jsonl, search_state.json,
 best_config.py) are replaced whole, never left half written.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ def append_trial(workdir: str | Path, row: dict[str, Any]) -> None:
 
 
 def write_rejected(workdir: str | Path, candidates: list[dict[str, Any]]) -> None:
-  workdir_lib.write_atomically(Path(workdir) / REJECTED_FILE,
-                               "".join(json.dumps(c) + "\n" for c in candidates))
+  workdir_lib.write_atomically(
+    Path(workdir) / REJECTED_FILE, "".join(json.dumps(c) + "\n" for c in candidates)
+  )
 
 
 def write_state(workdir: str | Path, state: dict[str, Any]) -> None:
@@ -57,8 +59,9 @@ def _ranking_key(row: dict[str, Any]):
 
 
 def best_trial(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-  scored = [r for r in rows if r.get("final_eval_accuracy") is not None
-            and r.get("status") != "diverged"]
+  scored = [
+    r for r in rows if r.get("final_eval_accuracy") is not None and r.get("status") != "diverged"
+  ]
   return max(scored, key=_ranking_key) if scored else None
 
 
@@ -78,34 +81,38 @@ def _literal(value: Any) -> str:
   return repr(value)
 
 
-def best_config_source(config: ml_collections.ConfigDict, row: dict[str, Any],
-                       workdir: str | Path) -> str:
+def best_config_source(
+  config: ml_collections.ConfigDict, row: dict[str, Any], workdir: str | Path
+) -> str:
   """A config file of the best design for `python -m cifar_jax.main`: base
   config, the search config's training recipe (its differences from base) and
   the design's model fields. It imports base from the installed package, so
   it loads from any working directory."""
   base_flat = _flatten(base.get_config().to_dict())
-  recipe = {k: v for k, v in _flatten(config.to_dict()).items()
-            if not k.startswith("search.") and not k.startswith("model.")
-            and (k not in base_flat or _literal(base_flat[k]) != _literal(v))}
+  recipe = {
+    k: v
+    for k, v in _flatten(config.to_dict()).items()
+    if not k.startswith("search.")
+    and not k.startswith("model.")
+    and (k not in base_flat or _literal(base_flat[k]) != _literal(v))
+  }
   flops = f", {row['flops'] / 1e9:.3g} GFLOPs" if row.get("flops") else ""
   lines = [
-      f'"""Best {space.MODEL_NAME} design of the architecture search in '
-      f'{Path(workdir).absolute()}.',
-      "",
-      f"Trial {row['trial_id']}: {row['params']:,} parameters{flops}; eval accuracy "
-      f"{row['final_eval_accuracy']:.4f}",
-      f"(best epoch {row['best_eval_accuracy']:.4f}) on {config.dataset.eval_split} after "
-      f"{row['epochs']} epochs of the search's short budget.",
-      "Train it fully:",
-      "    python -m cifar_jax.main --config=<this file> --workdir=runs/best",
-      '"""',
-      "from cifar_jax.configs import base",
-      "",
-      "",
-      "def get_config():",
-      "  config = base.get_config()",
-      f"  config.model.name = {space.MODEL_NAME!r}",
+    f'"""Best {space.MODEL_NAME} design of the architecture search in {Path(workdir).absolute()}.',
+    "",
+    f"Trial {row['trial_id']}: {row['params']:,} parameters{flops}; eval accuracy "
+    f"{row['final_eval_accuracy']:.4f}",
+    f"(best epoch {row['best_eval_accuracy']:.4f}) on {config.dataset.eval_split} after "
+    f"{row['epochs']} epochs of the search's short budget.",
+    "Train it fully:",
+    "    python -m cifar_jax.main --config=<this file> --workdir=runs/best",
+    '"""',
+    "from cifar_jax.configs import base",
+    "",
+    "",
+    "def get_config():",
+    "  config = base.get_config()",
+    f"  config.model.name = {space.MODEL_NAME!r}",
   ]
   lines += [f"  config.model.{k} = {_literal(v)}" for k, v in row["design"].items()]
   lines += [f"  config.{k} = {_literal(v)}" for k, v in sorted(recipe.items())]
@@ -113,8 +120,9 @@ def best_config_source(config: ml_collections.ConfigDict, row: dict[str, Any],
   return "\n".join(lines)
 
 
-def write_best_config(config: ml_collections.ConfigDict, row: dict[str, Any],
-                      workdir: str | Path) -> Path:
+def write_best_config(
+  config: ml_collections.ConfigDict, row: dict[str, Any], workdir: str | Path
+) -> Path:
   path = Path(workdir) / BEST_CONFIG_FILE
   workdir_lib.write_atomically(path, best_config_source(config, row, workdir))
   return path

@@ -1,5 +1,6 @@
 """The search's exceptions: a setting or directory it cannot use, and a trial
 stopped by Ctrl-C."""
+
 from __future__ import annotations
 
 

@@ -8,14 +8,15 @@ trial left behind at a rung is final ("stopped"), with the accuracy it had
 there. A restarted search redoes the ranking from the trials' metrics, so
 trials already finished still compete at the rungs they reached.
 """
+
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Any
 
-from absl import logging
 import ml_collections
+from absl import logging
 
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
@@ -36,10 +37,15 @@ def rungs(search: ml_collections.ConfigDict) -> list[int]:
   return epochs_at_rungs + [search.trial_epochs]
 
 
-def run_trials(config: ml_collections.ConfigDict, workdir: Path,
-               cohort: list[dict[str, Any]], done: dict[str, dict[str, Any]],
-               train_split: input_pipeline.ArraySplit, eval_split: input_pipeline.ArraySplit,
-               record: trials.RecordRow) -> int:
+def run_trials(
+  config: ml_collections.ConfigDict,
+  workdir: Path,
+  cohort: list[dict[str, Any]],
+  done: dict[str, dict[str, Any]],
+  train_split: input_pipeline.ArraySplit,
+  eval_split: input_pipeline.ArraySplit,
+  record: trials.RecordRow,
+) -> int:
   """Trains the cohort's trials that are not `done` (by trial id), calling
   `record` as each becomes final. Returns the number that failed: always 0,
   since an error here stops the search."""
@@ -67,15 +73,16 @@ def run_trials(config: ml_collections.ConfigDict, workdir: Path,
         record(spec, trials.trial_progress(trial_dir), None)
     if rung == schedule[-1]:
       break
+
     # Successive halving: the best 1/reduction_factor go on to the next rung.
     def accuracy_at_rung(spec, rung=rung) -> float:
       accuracy = trials.eval_accuracy_at(artifacts.trial_dir(workdir, spec["trial_id"]), rung)
       return -1.0 if accuracy is None else accuracy
+
     ranked = sorted(reached, key=lambda spec: (-accuracy_at_rung(spec), spec["index"]))
     keep = max(1, len(ranked) // s.reduction_factor)
     for spec in ranked[keep:]:
       if spec["trial_id"] not in done:
-        record(spec, trials.trial_progress(artifacts.trial_dir(workdir, spec["trial_id"])),
-               None)
+        record(spec, trials.trial_progress(artifacts.trial_dir(workdir, spec["trial_id"])), None)
     alive = ranked[:keep]
   return 0

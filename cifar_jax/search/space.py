@@ -8,6 +8,7 @@ over `search.param_budget` is rejected untrained, and one within it becomes
 trial `t<i>`. A trial spec, as the rest of the search passes it around, is
 {"trial_id", "index", "design", "params"}.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +16,9 @@ import json
 import math
 from typing import Any
 
-from absl import logging
 import ml_collections
 import numpy as np
+from absl import logging
 
 from cifar_jax import input_pipeline
 from cifar_jax import run as run_lib
@@ -32,11 +33,13 @@ DESIGN_FIELDS = ("stage_sizes", "widths", "kernel_sizes", "skip_kernel_sizes", "
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails fast, naming the key to fix."""
   if "search" not in config:
-    raise SearchError("the config has no `search` section; use "
-                      "configs/search_resnet_budget.py or a copy of it.")
+    raise SearchError(
+      "the config has no `search` section; use configs/search_resnet_budget.py or a copy of it."
+    )
   if config.model.name != MODEL_NAME:
-    raise SearchError(f"the search samples {MODEL_NAME!r} designs; config.model.name is "
-                      f"{config.model.name!r}.")
+    raise SearchError(
+      f"the search samples {MODEL_NAME!r} designs; config.model.name is {config.model.name!r}."
+    )
   s = config.search
   for key in ("num_trials", "param_budget", "trial_epochs", "max_candidates"):
     if s[key] < 1:
@@ -47,29 +50,46 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise SearchError(f"search.scheduler must be 'none' or 'asha', not {s.scheduler!r}.")
   if s.scheduler == "asha":
     if not 1 <= s.grace_period <= s.trial_epochs:
-      raise SearchError(f"search.grace_period must be in [1, search.trial_epochs="
-                        f"{s.trial_epochs}], not {s.grace_period}.")
+      raise SearchError(
+        f"search.grace_period must be in [1, search.trial_epochs="
+        f"{s.trial_epochs}], not {s.grace_period}."
+      )
     if s.reduction_factor < 2:
-      raise SearchError(f"search.reduction_factor must be at least 2, not "
-                        f"{s.reduction_factor}.")
+      raise SearchError(f"search.reduction_factor must be at least 2, not {s.reduction_factor}.")
   if s.ray_cpus_per_trial <= 0 or s.ray_gpus_per_trial < 0 or s.max_concurrent < 0:
-    raise SearchError("search.ray_cpus_per_trial must be positive, ray_gpus_per_trial "
-                      "and max_concurrent (0: no limit) not negative.")
-  for key in ("num_stages", "blocks", "channels", "kernel_sizes", "skip_kernel_sizes",
-              "pool_sizes"):
+    raise SearchError(
+      "search.ray_cpus_per_trial must be positive, ray_gpus_per_trial "
+      "and max_concurrent (0: no limit) not negative."
+    )
+  for key in (
+    "num_stages",
+    "blocks",
+    "channels",
+    "kernel_sizes",
+    "skip_kernel_sizes",
+    "pool_sizes",
+  ):
     choices = s[key]
-    if (not isinstance(choices, (tuple, list)) or not choices
-        or not all(isinstance(c, int) and c >= 1 for c in choices)):
-      raise SearchError(f"search.{key} must be a non-empty tuple of positive integers "
-                        f"(the choices), not {choices!r}.")
+    if (
+      not isinstance(choices, (tuple, list))
+      or not choices
+      or not all(isinstance(c, int) and c >= 1 for c in choices)
+    ):
+      raise SearchError(
+        f"search.{key} must be a non-empty tuple of positive integers "
+        f"(the choices), not {choices!r}."
+      )
   size = input_pipeline.IMAGE_SHAPE[0]
   if max(s.num_stages) > int(math.log2(size)) + 1:
-    raise SearchError(f"search.num_stages: at most {int(math.log2(size)) + 1} stages fit a "
-                      f"{size}x{size} image, not {max(s.num_stages)}.")
+    raise SearchError(
+      f"search.num_stages: at most {int(math.log2(size)) + 1} stages fit a "
+      f"{size}x{size} image, not {max(s.num_stages)}."
+    )
 
 
-def trial_config(config: ml_collections.ConfigDict, design: dict[str, Any]
-                 ) -> ml_collections.ConfigDict:
+def trial_config(
+  config: ml_collections.ConfigDict, design: dict[str, Any]
+) -> ml_collections.ConfigDict:
   """The training config of one trial: `design`'s model, the short budget,
   an evaluation and a checkpoint every epoch (the halving and resuming need
   both), one checkpoint kept. The `search` section is dropped."""
@@ -100,11 +120,11 @@ def sample_design(search: ml_collections.ConfigDict, index: int) -> dict[str, An
   final = input_pipeline.IMAGE_SHAPE[0] // 2 ** (n - 1)
   pools = [p for p in search.pool_sizes if p <= final and final % p == 0]
   return {
-      "stage_sizes": [int(b) for b in rng.choice(search.blocks, n)],
-      "widths": widths,
-      "kernel_sizes": [int(k) for k in rng.choice(search.kernel_sizes, n)],
-      "skip_kernel_sizes": [int(k) for k in rng.choice(search.skip_kernel_sizes, n)],
-      "pool_size": int(rng.choice(pools)) if pools else final,
+    "stage_sizes": [int(b) for b in rng.choice(search.blocks, n)],
+    "widths": widths,
+    "kernel_sizes": [int(k) for k in rng.choice(search.kernel_sizes, n)],
+    "skip_kernel_sizes": [int(k) for k in rng.choice(search.skip_kernel_sizes, n)],
+    "pool_size": int(rng.choice(pools)) if pools else final,
   }
 
 
@@ -156,13 +176,20 @@ def sample_candidates(config: ml_collections.ConfigDict) -> dict[str, Any]:
         else:
           accepted.append({"trial_id": trial_id(index), **entry})
     index += 1
-  return {"accepted": accepted, "rejected": rejected, "invalid": invalid,
-          "duplicates": duplicates, "sampled": index}
+  return {
+    "accepted": accepted,
+    "rejected": rejected,
+    "invalid": invalid,
+    "duplicates": duplicates,
+    "sampled": index,
+  }
 
 
 def describe(spec: dict[str, Any]) -> str:
   """A trial spec in one line of the search's log."""
   d = spec["design"]
-  return (f"{spec['trial_id']}: {spec['params']:,} params, blocks {tuple(d['stage_sizes'])}"
-          f" widths {tuple(d['widths'])} kernels {tuple(d['kernel_sizes'])} skip "
-          f"{tuple(d['skip_kernel_sizes'])} pool {d['pool_size']}")
+  return (
+    f"{spec['trial_id']}: {spec['params']:,} params, blocks {tuple(d['stage_sizes'])}"
+    f" widths {tuple(d['widths'])} kernels {tuple(d['kernel_sizes'])} skip "
+    f"{tuple(d['skip_kernel_sizes'])} pool {d['pool_size']}"
+  )
