@@ -68,6 +68,27 @@ def flags_parser(
   return parse
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+  """The exceptions whose message says what to fix: a program prints them as
+  one `prog: error: ...` line. Imported here, not at the top, so that --help
+  and flag errors stay fast."""
+  from cifar_jax import checkpoint
+  from cifar_jax import distributed
+  from cifar_jax import input_pipeline
+  from cifar_jax import metrics
+  from cifar_jax import workdir
+
+  return (
+    input_pipeline.DatasetNotFoundError,
+    checkpoint.CheckpointMismatchError,
+    checkpoint.NoCheckpointError,
+    metrics.NonFiniteLossError,
+    workdir.WorkdirBusyError,
+    distributed.DistributedError,
+    ValueError,
+  )
+
+
 def config_or_exit(prog: str):
   """`FLAGS.config`, or one line when its file cannot be loaded (config_flags
   then hands out a stand-in that raises OSError, with a long story, on first

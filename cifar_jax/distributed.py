@@ -16,6 +16,9 @@ Only the primary process (index 0) writes files other than checkpoints
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import time
 from typing import Any
 
 import ml_collections
@@ -104,6 +107,19 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
     return False
   if _initialized():
     return jax.process_count() > 1
+  if not config.distributed.auto and s["process_id"] != 0:
+    # jax aborts the whole process (no exception) when the coordinator never
+    # answers; reaching its port first turns that into a message.
+    _wait_for_coordinator(s["coordinator_address"], config.distributed.initialization_timeout_s)
+  # If a process never joins, jax ends this one with its own log line; this
+  # line says first what was being waited for.
+  print(
+    f"Joining {s['num_processes'] or 'the'} processes at "
+    f"{s['coordinator_address'] or 'the cluster coordinator'} as process "
+    f"{s['process_id'] if s['process_id'] is not None else '(from the cluster)'}; "
+    f"waiting up to {config.distributed.initialization_timeout_s} s for all of them.",
+    file=sys.stderr,
+  )
   timeouts = {
     "initialization_timeout": config.distributed.initialization_timeout_s,
     "heartbeat_timeout_seconds": config.distributed.heartbeat_timeout_s,
@@ -128,6 +144,25 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
       "port are reachable from each, and that num_processes matches."
     ) from None
   return jax.process_count() > 1
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+  """Returns once something listens at `address`; DistributedError after `timeout_s`."""
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+        return
+    except (OSError, ValueError) as e:
+      if time.monotonic() >= deadline:
+        raise DistributedError(
+          f"no coordinator answered at {address} within {timeout_s} s ({e}). Start "
+          "process 0 (it hosts the coordinator) with the same coordinator_address, "
+          "check the host and port are reachable from here, or raise "
+          "--config.distributed.initialization_timeout_s."
+        ) from None
+      time.sleep(0.5)
 
 
 def _initialized() -> bool:

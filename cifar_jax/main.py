@@ -42,23 +42,11 @@ def main(argv):
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   # Imported here so that --help stays fast and flag errors come first.
-  from cifar_jax import checkpoint
   from cifar_jax import distributed
   from cifar_jax import evaluate
-  from cifar_jax import input_pipeline
-  from cifar_jax import metrics
   from cifar_jax import train
-  from cifar_jax import workdir
 
-  known_errors = (
-    input_pipeline.DatasetNotFoundError,
-    checkpoint.CheckpointMismatchError,
-    checkpoint.NoCheckpointError,
-    metrics.NonFiniteLossError,
-    workdir.WorkdirBusyError,
-    distributed.DistributedError,
-    ValueError,
-  )
+  known_errors = cli.user_errors()
   config = cli.config_or_exit("cifar_jax")
   try:
     distributed.initialize(config)  # before anything touches a device

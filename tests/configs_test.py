@@ -1,6 +1,7 @@
 """Every config file loads, names a registered model and builds its pieces."""
 
 import importlib
+import os
 import pathlib
 
 import pytest
@@ -48,3 +49,20 @@ def test_speedrun_evaluates_only_after_the_last_epoch_and_negative_periods_are_r
   config.eval_every_epochs = -1
   with pytest.raises(ValueError, match="eval_every_epochs must be >= 0"):
     config_checks.validate_config(config)
+
+
+def test_a_config_variant_is_picked_after_a_colon_and_an_unknown_one_is_named():
+  from absl import flags
+  from ml_collections import config_flags
+
+  values = flags.FlagValues()
+  path = os.path.join(REPO_ROOT, "configs", "resnet18.py")
+  config_flags.DEFINE_config_file("config", f"{path}:budget", flag_values=values)
+  values(["prog"])
+  budget = values.config
+  full = importlib.import_module("cifar_jax.configs.resnet18").get_config()
+  assert (budget.num_epochs, full.num_epochs) == (5, 200)
+  assert budget.schedule.name == "onecycle" and budget.half_precision == "auto"
+  config_checks.validate_config(budget)
+  with pytest.raises(ValueError, match="unknown config variant 'fast'.*':budget'"):
+    importlib.import_module("cifar_jax.configs.resnet18").get_config("fast")

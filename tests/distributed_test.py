@@ -185,3 +185,42 @@ def test_checkpoint_of_one_process_resumes_in_two(tmp_path, compile_cache, refer
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert checkpoint.latest_step(tmp_path) == 9
+
+
+def _main(*flags, timeout=120):
+  return subprocess.run(
+    [sys.executable, "-m", "cifar_jax.main", "--config=configs/lenet5.py", *flags],
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO_ROOT,
+  )
+
+
+def test_bad_distributed_settings_stop_with_one_line(tmp_path):
+  result = _main(
+    f"--workdir={tmp_path}",
+    "--config.distributed.coordinator_address=127.0.0.1:1",
+    "--config.distributed.num_processes=2",
+    "--config.distributed.process_id=2",
+  )
+  assert result.returncode != 0
+  assert "process_id must be in [0, 2)" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_coordinator_is_one_line_after_the_timeout(tmp_path):
+  port = launch_local.free_port()  # nobody listens there
+  start = time.monotonic()
+  result = _main(
+    f"--workdir={tmp_path}",
+    f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+    "--config.distributed.num_processes=2",
+    "--config.distributed.process_id=1",
+    "--config.distributed.initialization_timeout_s=3",
+  )
+  assert result.returncode != 0
+  assert f"no coordinator answered at 127.0.0.1:{port} within 3 s" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert time.monotonic() - start < 100

@@ -58,7 +58,7 @@ def test_local_search_writes_results_and_a_restart_trains_only_new_trials(
     assert loaded.model[key] == (tuple(expected) if isinstance(expected, list) else expected)
   assert loaded.num_epochs == 200 and loaded.batch_size == 16 and "search" not in loaded
   config_checks.validate_config(loaded)
-  assert space.count_params(loaded) == best["params"]
+  assert space.config_params(loaded) == best["params"]
   assert f"{best['final_eval_accuracy']:.4f}" in (tmp_path / search.BEST_CONFIG_FILE).read_text()
 
   # Restarted with one more trial: only that one trains.

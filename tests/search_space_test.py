@@ -24,7 +24,7 @@ def test_sampling_is_seeded_and_over_budget_candidates_are_rejected(search_confi
   # The count is that of the model the trial would train.
   spec = first["accepted"][0]
   model = run_lib.create_model(space.trial_config(config, spec["design"]))
-  assert spec["params"] == space.count_params(space.trial_config(config, spec["design"]))
+  assert spec["params"] == space.config_params(space.trial_config(config, spec["design"]))
   assert model.widths == tuple(spec["design"]["widths"])
   config.search.seed = 1
   assert space.sample_candidates(config)["accepted"] != first["accepted"]

@@ -155,7 +155,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
-def test_ctrl_c_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch, signum):
+  """Ctrl-C, or the SIGTERM a scheduler sends before preemption."""
   calls = {"n": 0}
   original_add = metrics_lib.Accumulator.add
 
@@ -163,17 +165,17 @@ def test_ctrl_c_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch):
     original_add(self, m)
     calls["n"] += 1
     if calls["n"] == 2:
-      signal.raise_signal(signal.SIGINT)  # what a user's Ctrl-C sends
+      signal.raise_signal(signum)
 
   monkeypatch.setattr(metrics_lib.Accumulator, "add", add_then_interrupt)
-  handler_before = signal.getsignal(signal.SIGINT)
+  handler_before = signal.getsignal(signum)
   record = train.train_and_evaluate(
     tiny_config, tmp_path, train_split=make_split(96), eval_split=None
   )
   assert record == {}
   _, meta = _params(tmp_path, tiny_config)
   assert meta["step"] == 2
-  assert signal.getsignal(signal.SIGINT) is handler_before  # restored after the run
+  assert signal.getsignal(signum) is handler_before  # restored after the run
 
 
 def test_checkpoint_of_another_model_fails_clearly(tiny_config, tmp_path):

@@ -34,19 +34,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  # Imported here so that --help stays fast and flag errors come first.
-  from cifar_jax import checkpoint
-  from cifar_jax import input_pipeline
-  from cifar_jax import metrics
-  from cifar_jax import workdir as workdir_lib
-
-  known_errors = (
-    input_pipeline.DatasetNotFoundError,
-    checkpoint.CheckpointMismatchError,
-    metrics.NonFiniteLossError,
-    workdir_lib.WorkdirBusyError,
-    ValueError,
-  )
+  known_errors = cli.user_errors()
   try:
     search.run_search(cli.config_or_exit(PROG), FLAGS.workdir)
   except search.SearchInterrupted as e:

@@ -132,7 +132,7 @@ def trial_id(index: int) -> str:
   return f"t{index:04d}"
 
 
-def count_params(cfg: ml_collections.ConfigDict) -> int:
+def config_params(cfg: ml_collections.ConfigDict) -> int:
   """Trainable parameters of `cfg`'s model, from `jax.eval_shape` of its init
   (no weights are allocated)."""
   return summary.count_params(summary.abstract_variables(run_lib.create_model(cfg)))
@@ -165,7 +165,7 @@ def sample_candidates(config: ml_collections.ConfigDict) -> dict[str, Any]:
     else:
       seen.add(key)
       try:
-        params = count_params(trial_config(config, design))
+        params = config_params(trial_config(config, design))
       except ValueError as e:  # a design the model refuses
         logging.warning("Candidate %d is invalid: %s", index, e)
         invalid += 1
