@@ -68,6 +68,19 @@ def flags_parser(
   return parse
 
 
+def start_main(argv: Sequence[str]) -> None:
+  """What an absl `main(argv)` of a program with global flags does first:
+  refuse stray arguments, and keep orbax's per-save INFO logs out unless
+  --verbosity asks for them."""
+  from absl import app
+  from absl import logging
+
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
   """The exceptions whose message says what to fix: a program prints them as
   one `prog: error: ...` line. Imported here, not at the top, so that --help

@@ -13,7 +13,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from cifar_jax import cli
@@ -37,10 +36,7 @@ parse_flags = cli.flags_parser("cifar_jax")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cli.start_main(argv)
   # Imported here so that --help stays fast and flag errors come first.
   from cifar_jax import distributed
   from cifar_jax import evaluate

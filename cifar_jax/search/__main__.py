@@ -13,7 +13,6 @@ cli.start_program()  # first: it may re-execute the process
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from cifar_jax import search  # noqa: E402  (cheap: its names load on first use)
@@ -30,10 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cli.start_main(argv)
   known_errors = cli.user_errors()
   try:
     search.run_search(cli.config_or_exit(PROG), FLAGS.workdir)
