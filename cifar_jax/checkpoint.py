@@ -2,11 +2,13 @@
 
 `DIR/checkpoints/` keeps the last `checkpoint.max_to_keep` saves and is what a
 restarted run resumes from; `DIR/best/` keeps the one save with the highest
-eval accuracy. Every save also stores a small JSON `meta` item (model name,
-options, parameter count, a signature of the state's tree, step, metrics)
-that is read first on restore, so a checkpoint of a different model or
-optimizer fails with a clear message instead of an opaque shape error or,
-worse, a silent re-initialisation.
+eval accuracy (`best_metric`: the EMA weights' one, `ema_eval_accuracy`, for a
+run that keeps an EMA, since those are the weights evaluated and served).
+Every save also stores a small JSON `meta` item (model name, options,
+parameter count, a signature of the state's tree, step, metrics) that is read
+first on restore, so a checkpoint of a different model or optimizer fails
+with a clear message instead of an opaque shape error or, worse, a silent
+re-initialisation.
 
 What survives what:
 - an unreadable checkpoint (truncated or garbled files: a full disk, a kill
@@ -79,8 +81,10 @@ class Checkpointer:
     keep_best: bool = True,
     meta: dict[str, Any] | None = None,
     read_only: bool = False,
+    best_metric: str = "eval_accuracy",
   ):
     self.workdir = Path(workdir).absolute()
+    self.best_metric = best_metric
     self.meta = dict(meta or {})
     self.read_only = read_only
     self._skipped: set[tuple[str, int]] = set()  # unreadable, read-only: not moved
@@ -119,10 +123,13 @@ class Checkpointer:
     if self._best is not None:
       for step in reversed(self._best.all_steps()):
         try:
-          return _accuracy(self._read_meta(self._best, step), -1.0)
+          return self._score(self._read_meta(self._best, step), -1.0)
         except UnreadableCheckpointError as e:
           self._set_aside(self._best, step, e)
     return -1.0
+
+  def _score(self, meta: dict | None, default):
+    return score(meta, self.best_metric, default)
 
   def latest_step(self) -> int | None:
     return self._latest.latest_step()
@@ -140,7 +147,7 @@ class Checkpointer:
     partial_epoch: dict[str, float] | None = None,
   ) -> None:
     """Saves `state` at `step` (once per step); also to best/ when
-    `metrics['eval_accuracy']` beats every earlier save. `partial_epoch`
+    `metrics[self.best_metric]` beats every earlier save. `partial_epoch`
     holds the metric sums of an epoch stopped midway, for its resumption."""
     meta = {
       **self.meta,
@@ -153,7 +160,7 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if step not in self._latest.all_steps():
       self._latest.save(step, args=args)
-    accuracy = (metrics or {}).get("eval_accuracy")
+    accuracy = (metrics or {}).get(self.best_metric)
     if self._best is not None and accuracy is not None and accuracy > self.best_accuracy:
       if step not in self._best.all_steps():
         self._best.save(step, args=args)
@@ -163,7 +170,7 @@ class Checkpointer:
     """Restores into the structure, shapes and shardings of `template`.
 
     `which` is "latest", "best" or "best_or_latest" (the saved checkpoint
-    with the highest eval accuracy, else the latest), or a step number (the
+    with the highest `best_metric`, else the latest), or a step number (the
     checkpoint of that step, from checkpoints/ or best/). An unreadable
     checkpoint is set aside with a warning and the next candidate tried.
     Returns (state, meta), or None when there is no readable checkpoint.
@@ -207,10 +214,10 @@ class Checkpointer:
     best = steps(self._best) if self._best else []
     if which == "best":
       return best
-    # Highest eval accuracy first (best/ before an equal latest), then newer.
+    # Highest best_metric first (best/ before an equal latest), then newer.
     ranked = sorted(
       best + latest,
-      key=lambda c: (_accuracy(self._meta_if_readable(*c), -np.inf), c[0] is self._best, c[1]),
+      key=lambda c: (self._score(self._meta_if_readable(*c), -np.inf), c[0] is self._best, c[1]),
       reverse=True,
     )
     return ranked
@@ -284,11 +291,11 @@ class Checkpointer:
     )
 
   def _reconcile_best(self) -> None:
-    """Copies into best/ a checkpoint of checkpoints/ whose eval accuracy beats
+    """Copies into best/ a checkpoint of checkpoints/ whose `best_metric` beats
     best/'s: what a kill between the two saves of an epoch leaves behind."""
     better = []
     for step in self._latest.all_steps():
-      accuracy = _accuracy(self._meta_if_readable(self._latest, step), None)
+      accuracy = self._score(self._meta_if_readable(self._latest, step), None)
       if accuracy is not None and accuracy > self.best_accuracy:
         better.append((accuracy, step))
     if not better:
@@ -304,7 +311,9 @@ class Checkpointer:
     tmp.rename(best_dir / str(step))
     self._best.reload()
     previous = (
-      f"step {replaced[-1]} (eval_accuracy {self.best_accuracy:.4f})" if replaced else "nothing"
+      f"step {replaced[-1]} ({self.best_metric} {self.best_accuracy:.4f})"
+      if replaced
+      else "nothing"
     )
     _warn(
       f"best/ held {previous}, but checkpoints/{step} scored {accuracy:.4f} (a run "
@@ -344,6 +353,7 @@ def _orbax_quiet() -> Iterator[None]:
     absl_logging.set_verbosity(previous)
 
 
-def _accuracy(meta: dict | None, default):
-  value = ((meta or {}).get("metrics") or {}).get("eval_accuracy")
+def score(meta: dict | None, metric: str, default=None):
+  """The value of `metric` among a checkpoint meta's metrics, else `default`."""
+  value = ((meta or {}).get("metrics") or {}).get(metric)
   return default if value is None else float(value)

@@ -17,6 +17,7 @@ from cifar_jax import models
 from cifar_jax import optim
 from cifar_jax import parallel as parallel_lib
 from cifar_jax import precision
+from cifar_jax import profiling
 
 
 def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = None) -> list[str]:
@@ -115,6 +116,10 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
   except ValueError as e:
     errors.append(str(e))
   errors += precision.validate(config)
+  try:
+    profiling.parse_steps(config.get("profile_steps"))
+  except ValueError as e:
+    errors.append(str(e))
   if "distributed" in config:  # configs saved before it existed
     errors += distributed.config_errors(config)
   return errors

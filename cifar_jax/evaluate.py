@@ -21,6 +21,7 @@ from cifar_jax import checkpoint
 from cifar_jax import distributed
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
+from cifar_jax import records
 from cifar_jax import run as run_lib
 from cifar_jax import writers
 
@@ -61,7 +62,10 @@ def evaluate(
   # The optimizer must match the run's for its state to restore; the schedule
   # length does not matter here.
   run = run_lib.build_run(config)
-  ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True, meta=run.meta)
+  best_metric = records.best_metric(config)
+  ckpt = checkpoint.Checkpointer(
+    workdir, keep_best=True, read_only=True, meta=run.meta, best_metric=best_metric
+  )
   restored = ckpt.restore(run.state, which)
   ckpt.close()
   if restored is None:
@@ -77,16 +81,21 @@ def evaluate(
       config.dataset.data_dir,
       key="dataset.eval_split",
     )
+  use_ema = bool(config.ema_decay)
+  if distributed.is_primary():
+    print(f"{workdir}: {_which_weights(config, meta, which, best_metric)}", file=sys.stderr)
   state = run.place(state)
-  evaluator = run.evaluator(split, state, use_ema=bool(config.ema_decay))
-  sums, per_example = evaluator.run(state, per_example=True)
+  evaluator = run.evaluator(split, state, use_ema=use_ema)
+  sums, per_example = evaluator.run(state, per_example=True, desc=f"eval {split.name}")
   predictions = per_example["prediction"]
   result = {
     "split": config.dataset.eval_split,
     "step": int(meta.get("step", -1)),
     "model": config.model.name,
     "param_count": meta.get("param_count"),
-    "ema": bool(config.ema_decay),
+    "ema": use_ema,
+    "weights": "ema" if use_ema else "params",
+    "selected_by": best_metric if which != "latest" else "latest",
     "tta": config.tta,
     **summarize(sums, split.class_names),
   }
@@ -101,6 +110,21 @@ def evaluate(
   )
   print(f"accuracy: {result['accuracy']:.4f}")
   return result
+
+
+def _which_weights(config, meta: dict, which: str, best_metric: str) -> str:
+  """One line: which weights of which checkpoint are evaluated, and why that one."""
+  weights = (
+    f"the EMA weights (ema_decay={config.ema_decay})" if config.ema_decay else "the trained weights"
+  )
+  value = checkpoint.score(meta, best_metric)
+  if which == "latest":
+    why = "the latest checkpoint"
+  elif value is None:
+    why = f"the latest checkpoint (no {best_metric} was recorded)"
+  else:
+    why = f"the checkpoint with the best {best_metric} ({value:.4f})"
+  return f"evaluating {weights} of step {meta.get('step', '?')}, {why}"
 
 
 def _write_result(

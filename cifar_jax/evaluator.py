@@ -16,6 +16,7 @@ import numpy as np
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
 from cifar_jax import parallel as parallel_lib
+from cifar_jax import progress
 
 
 class Evaluator:
@@ -53,17 +54,22 @@ class Evaluator:
     return batch
 
   def run(
-    self, state: Any, per_example: bool = False
+    self, state: Any, per_example: bool = False, desc: str | None = None
   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """Returns the summed metrics and, if asked, every example's prediction
-    and loss (in split order, padding removed)."""
+    and loss (in split order, padding removed). With `desc`, a progress bar
+    counts the examples on a terminal (a TTA pass on a CPU takes a while)."""
     acc = metrics_lib.Accumulator()
     outputs = []
-    for i in range(len(self.indices)):
-      step_metrics, batch_outputs = self._step(state, self._batch(i))
-      acc.add(step_metrics)
-      if per_example:
-        outputs.append(batch_outputs)
+    with progress.bar(len(self.split), desc or "", unit="img", show=desc is not None) as bar:
+      for i in range(len(self.indices)):
+        step_metrics, batch_outputs = self._step(state, self._batch(i))
+        acc.add(step_metrics)
+        if per_example:
+          outputs.append(batch_outputs)
+        if not bar.disable:  # else the bar runs ahead of the asynchronous steps
+          jax.block_until_ready(step_metrics)
+        bar.update(int(self.mask[i].sum()))
     sums = acc.fetch()
     if not per_example:
       return sums, None

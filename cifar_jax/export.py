@@ -47,6 +47,7 @@ from cifar_jax import checkpoint
 from cifar_jax import cli
 from cifar_jax import input_pipeline
 from cifar_jax import predict
+from cifar_jax import records
 
 PROG = "cifar_jax.export"
 FORMATS = ("stablehlo", "savedmodel")
@@ -171,7 +172,8 @@ def sidecar(
     "step": trained.step,
     "weights": trained.weights,
     "tta": config.tta if tta is None else tta,
-    "eval_accuracy": (trained.meta.get("metrics") or {}).get("eval_accuracy"),
+    # Of the weights exported: the EMA's for a run that keeps one.
+    "eval_accuracy": checkpoint.score(trained.meta, records.best_metric(config)),
     "platforms": list(platforms),
     **({"signature": SIGNATURE} if fmt == "savedmodel" else {}),
   }

@@ -57,6 +57,7 @@ from cifar_jax import cli
 from cifar_jax import input_pipeline
 from cifar_jax import parallel as parallel_lib
 from cifar_jax import precision
+from cifar_jax import records
 from cifar_jax import run as run_lib
 from cifar_jax import steps
 
@@ -163,7 +164,13 @@ def load_trained(
   # trained with, and the weights are float32 in every form.
   layout = run_lib.Layout(parallel_lib.DataParallel("jit", 1), precision.XLA_FORM)
   run = run_lib.build_run(config, layout=layout)
-  ckpt = checkpoint.Checkpointer(workdir, keep_best=True, read_only=True, meta=run.meta)
+  ckpt = checkpoint.Checkpointer(
+    workdir,
+    keep_best=True,
+    read_only=True,
+    meta=run.meta,
+    best_metric=records.best_metric(config),
+  )
   try:
     restored = ckpt.restore(run.state, which if step is None else step)
     saved = ckpt.saved_steps()

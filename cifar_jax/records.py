@@ -74,6 +74,14 @@ def read(workdir: str | Path) -> MetricsFile:
   return MetricsFile(*workdir_lib.read_jsonl(metrics_path(workdir), accept=is_record))
 
 
+def best_metric(config) -> str:
+  """The record key a run's checkpoints are ranked by (best/, `--mode=eval`,
+  predict, export) and the report shows: the EMA weights' eval accuracy for a
+  run that keeps an EMA (those are the weights evaluated and served), else
+  `eval_accuracy`. `config`: the ConfigDict or a workdir's config.json."""
+  return "ema_eval_accuracy" if (config or {}).get("ema_decay") else "eval_accuracy"
+
+
 def summary_line(record: EpochRecord) -> str:
   parts = [f"epoch {record['epoch']}", f"step {record['step']}"]
   parts += [f"{key} {record[key]:.4g}" for key in SUMMARY_KEYS if record.get(key) is not None]

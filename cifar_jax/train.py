@@ -25,6 +25,8 @@ from cifar_jax import checkpoint
 from cifar_jax import distributed
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
+from cifar_jax import profiling
+from cifar_jax import progress
 from cifar_jax import records
 from cifar_jax import run as run_lib
 from cifar_jax import workdir as workdir_lib
@@ -65,20 +67,6 @@ class _StopRequest:
     for signum, previous in self._previous.items():
       signal.signal(signum, previous)
     return False
-
-
-def _progress(total: int, initial: int, desc: str):
-  from tqdm.auto import tqdm
-
-  return tqdm(
-    total=total,
-    initial=initial,
-    desc=desc,
-    unit="step",
-    leave=False,
-    dynamic_ncols=True,
-    disable=not sys.stderr.isatty(),
-  )
 
 
 def train_and_evaluate(
@@ -149,6 +137,7 @@ def _train_and_evaluate(
     max_to_keep=config.checkpoint.max_to_keep,
     keep_best=config.checkpoint.keep_best,
     meta=run.meta,
+    best_metric=records.best_metric(config),
   )
   state = run.state
   restored = ckpt.restore(state, "latest")
@@ -193,6 +182,9 @@ def _train_and_evaluate(
       file=sys.stderr,
     )
   writer = writers.MetricWriter(workdir, config) if primary else writers.NullWriter()
+  profiler = profiling.StepProfiler(
+    profiling.parse_steps(config.get("profile_steps")), workdir / "tensorboard", enabled=primary
+  )
   record: records.EpochRecord = {}
   stop = _StopRequest()
   try:
@@ -220,14 +212,18 @@ def _train_and_evaluate(
         partial_epoch = None
         start = time.perf_counter()
         first_step = step
-        with _progress(
-          steps_in_epoch, step - epoch * steps_in_epoch, f"epoch {epoch + 1}/{config.num_epochs}"
+        with progress.bar(
+          steps_in_epoch,
+          f"epoch {epoch + 1}/{config.num_epochs}",
+          initial=step - epoch * steps_in_epoch,
         ) as bar:
           for row in range(step - epoch * steps_in_epoch, steps_in_epoch):
             batch = gather(train_data, plan[row], None if flips is None else flips[row])
-            state, step_metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
+            with profiler.step(step):
+              state, step_metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
             acc.add(step_metrics)
             step += 1
+            profiler.after_step(step, state)
             bar.update()
             if step % config.log_every_steps == 0:
               sums = acc.fetch()
@@ -267,7 +263,8 @@ def _train_and_evaluate(
         periodic = config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0
         if evaluators and (periodic or last):
           for prefix, evaluator in evaluators:
-            eval_means = metrics_lib.means(evaluator.run(state)[0])
+            sums = evaluator.run(state, desc=f"{prefix} after epoch {epoch + 1}")[0]
+            eval_means = metrics_lib.means(sums)
             record[f"{prefix}_loss"] = eval_means["loss"]
             record[f"{prefix}_accuracy"] = eval_means["accuracy"]
         writer.write_epoch(record)
@@ -284,6 +281,7 @@ def _train_and_evaluate(
           _say_stopped(step, workdir)
           break
   finally:
+    profiler.close()
     writer.close()
     ckpt.wait()
     ckpt.close()

@@ -1,9 +1,11 @@
 """Where training metrics go: metrics.jsonl, TensorBoard, optionally W&B.
 
 `metrics.jsonl` is the source of truth (one `records.EpochRecord` per epoch,
-read by `cifar_jax.report`); TensorBoard event files (TensorFlow's writer) go
-to DIR/tensorboard so that `tensorboard --logdir DIR` works; Weights & Biases is used only when
-`config.wandb.project` is set and `wandb` is installed.
+read by `cifar_jax.report`). TensorBoard event files (TensorFlow's writer) go
+to DIR/tensorboard, so that `tensorboard --logdir DIR` works, with the
+config's hyperparameters as TensorBoard hparams. Weights & Biases is used
+only when `config.wandb.project` is set and `wandb` is installed, under the run
+id kept in DIR/wandb_run_id, so that a resumed run continues the same W&B run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import math
 import re
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,38 @@ def _tensorboard_writer(logdir: Path):
   return tf.summary.create_file_writer(str(logdir))
 
 
+def hparams(config) -> dict[str, bool | int | float | str]:
+  """The config flattened to dotted keys with the value types TensorBoard's
+  hparams take: sequences as their text, unset (None) entries left out."""
+  flat = {}
+
+  def visit(prefix: str, value) -> None:
+    if isinstance(value, dict):
+      for key, item in value.items():
+        visit(f"{prefix}{key}.", item)
+    elif value is not None:
+      key = prefix[:-1]
+      flat[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+  visit("", config.to_dict())
+  return flat
+
+
+WANDB_RUN_ID_FILE = "wandb_run_id"
+
+
+def wandb_run_id(workdir: Path) -> str:
+  """The W&B run id of this workdir's run: the stored one, else a new one
+  (12 hex digits, which W&B accepts as an id), stored before W&B sees it so
+  that a kill at any moment resumes the same run."""
+  path = Path(workdir) / WANDB_RUN_ID_FILE
+  if path.exists() and path.read_text().strip():
+    return path.read_text().strip()
+  run_id = uuid.uuid4().hex[:12]
+  workdir_lib.write_atomically(path, run_id + "\n")
+  return run_id
+
+
 class MetricWriter:
   """Writes each epoch's record to every configured sink."""
 
@@ -75,6 +110,8 @@ class MetricWriter:
     self.workdir = Path(workdir)
     self._jsonl = open(records.metrics_path(self.workdir), "a")
     self._tb = _tensorboard_writer(self.workdir / "tensorboard")
+    if config is not None:
+      self._write_hparams(config)
     self._wandb = None
     project = config.get("wandb", {}).get("project") if config is not None else None
     if project:
@@ -92,8 +129,19 @@ class MetricWriter:
           dir=str(self.workdir),
           name=self.workdir.name,
           config=config.to_dict(),
-          resume="allow",
+          id=wandb_run_id(self.workdir),
+          resume="allow",  # the same id: a restarted run continues its W&B run
         )
+
+  def _write_hparams(self, config) -> None:
+    """The config as TensorBoard hparams of this run: the HParams tab of
+    `tensorboard --logdir runs/` then tables every run's settings beside its
+    last eval_accuracy (and the other scalars)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    with self._tb.as_default():
+      hp.hparams(hparams(config), trial_id=self.workdir.name)
+    self._tb.flush()
 
   def write_epoch(self, record: records.EpochRecord) -> None:
     workdir_lib.append_line(self._jsonl, json.dumps({k: _json_safe(v) for k, v in record.items()}))

@@ -17,6 +17,7 @@ from cifar_jax import evaluate
 from cifar_jax import metrics as metrics_lib
 from cifar_jax import parallel
 from cifar_jax import precision
+from cifar_jax import records as records_lib
 from cifar_jax import run as run_lib
 from cifar_jax import steps
 from cifar_jax import train
@@ -239,15 +240,23 @@ def test_half_precision_step_keeps_float32_params(tiny_config):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
 
-def test_ema_is_tracked_and_evaluated(tiny_config, tmp_path):
+def test_ema_is_tracked_and_evaluated(tiny_config, tmp_path, capsys):
   tiny_config.ema_decay = 0.9
   record = train.train_and_evaluate(
     tiny_config, tmp_path, train_split=make_split(96), eval_split=make_split(32, seed=1)
   )
   assert 0.0 <= record["ema_eval_accuracy"] <= 1.0
+  capsys.readouterr()
   result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(32, seed=1))
-  assert result["ema"] is True
-  assert result["accuracy"] == pytest.approx(record["ema_eval_accuracy"])
+  assert result["ema"] is True and result["weights"] == "ema"
+  # best/ was chosen by the EMA weights' accuracy, the one evaluated and reported.
+  assert result["selected_by"] == "ema_eval_accuracy"
+  best = max(records_lib.read(tmp_path).records, key=lambda r: r["ema_eval_accuracy"])
+  assert result["step"] == best["step"]
+  assert result["accuracy"] == pytest.approx(best["ema_eval_accuracy"])
+  said = capsys.readouterr().err
+  assert "evaluating the EMA weights (ema_decay=0.9) of step" in said
+  assert "the checkpoint with the best ema_eval_accuracy" in said
 
 
 def test_hard_mining_and_tta_run_end_to_end(tiny_config, tmp_path):

@@ -103,6 +103,10 @@ def get_config() -> ml_collections.ConfigDict:
   # of compilation. "" turns it off.
   config.compilation_cache_dir = "~/.cache/cifar_jax/xla"
 
+  # "START,END": a jax.profiler trace of those steps in DIR/tensorboard
+  # (TensorBoard's profile tab); see cifar_jax/profiling.py. None: off.
+  config.profile_steps = ml_collections.config_dict.placeholder(str)
+
   config.wandb = ml_collections.ConfigDict()
   config.wandb.project = ml_collections.config_dict.placeholder(str)  # None: off
   config.wandb.mode = "offline"  # offline | online

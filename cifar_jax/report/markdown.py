@@ -32,7 +32,7 @@ def format_flops(flops: float | None) -> str:
 
 def run_summary(run: RunData) -> dict[str, Any]:
   """The numbers of a run's table (None: not available)."""
-  epochs, accs = run.series("eval_accuracy")
+  epochs, accs = run.series(run.accuracy_key)
   times = run.series("epoch_time_s")[1]
   speeds = run.series("train_img_per_s")[1]
   compile_s = run.series("compile_s")[1]

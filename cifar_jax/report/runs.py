@@ -86,8 +86,13 @@ class RunData:
     """(accuracy, from an eval file?): the eval file's, else the last logged one."""
     if self.primary_eval:
       return self.primary_eval["accuracy"], True
-    _, values = self.series("eval_accuracy")
+    _, values = self.series(self.accuracy_key)
     return (values[-1], False) if values else None
+
+  @property
+  def accuracy_key(self) -> str:
+    """The record key of the weights the run is judged by (records.best_metric)."""
+    return records.best_metric(self.config)
 
 
 def safe_name(name: str) -> str:
