@@ -8,6 +8,7 @@ user fixes a command line once, not once per mistake.
 from __future__ import annotations
 
 import math
+import re
 
 import ml_collections
 
@@ -76,6 +77,16 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
   ):
     check(number(key) >= 0, key, ">= 0")
   check(number("optimizer.eps") > 0, "optimizer.eps", "> 0")
+  for key in ("norm_lr_extra_params", "freeze_params"):
+    try:
+      re.compile(config.optimizer.get(key, ""))
+    except (re.error, TypeError) as e:
+      errors.append(
+        f"config.optimizer.{key} must be a regular expression over parameter names "
+        f"such as 'whiten/bias' ({e}), not {config.optimizer.get(key)!r}."
+      )
+  if config.optimizer.get("freeze_params"):
+    check(number("optimizer.freeze_after_epochs") >= 0, "optimizer.freeze_after_epochs", ">= 0")
   check(number("optimizer.norm_lr_multiplier") >= 0, "optimizer.norm_lr_multiplier", ">= 0")
   check(0 <= number("schedule.pct_start") < 1, "schedule.pct_start", "in [0, 1)")
   check(number("schedule.div_factor") > 0, "schedule.div_factor", "> 0")

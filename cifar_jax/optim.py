@@ -6,6 +6,7 @@ the one place that turns them into optimizer steps.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -96,14 +97,38 @@ def decay_mask(params: Any, decay_norm_and_bias: bool) -> Any:
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def norm_mask(params: Any) -> Any:
+def param_name(path) -> str:
+  """A parameter's tree path as 'module/.../name', e.g. 'whiten/bias'."""
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def path_mask(params: Any, pattern: str) -> Any:
+  """True for the parameters whose `param_name` matches the regex `pattern`
+  (re.search; '' matches nothing)."""
+  regex = re.compile(pattern) if pattern else None
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: bool(regex and regex.search(param_name(path))), params
+  )
+
+
+def norm_mask(params: Any, extra: str = "") -> Any:
   """True for parameters of normalisation layers: those with a module on their
-  path whose name contains 'norm' (BatchNorm_0, LayerNorm_1, norm1, ...)."""
+  path whose name contains 'norm' (BatchNorm_0, LayerNorm_1, norm1, ...),
+  and for those matching the regex `extra`."""
 
   def in_norm(path, _):
     return any("norm" in str(getattr(k, "key", "")).lower() for k in path[:-1])
 
-  return jax.tree_util.tree_map_with_path(in_norm, params)
+  norms = jax.tree_util.tree_map_with_path(in_norm, params)
+  return jax.tree.map(lambda a, b: a or b, norms, path_mask(params, extra))
+
+
+def freeze_after(num_steps: int) -> optax.GradientTransformation:
+  """Passes updates through for the first `num_steps` steps, then zeroes
+  them: the parameters stop where they are (airbench's whitening bias, which
+  trains for 3 epochs). Chained last, so weight decay stops too, as for a
+  PyTorch parameter with requires_grad=False."""
+  return optax.scale_by_schedule(lambda count: jnp.where(count < num_steps, 1.0, 0.0))
 
 
 # A convolution kernel (HWIO) as the matrix Muon orthogonalises: (H*W*I) x O.
@@ -176,7 +201,8 @@ def create_optimizer(
       optax.sgd(lr, momentum=o.momentum or None, nesterov=o.nesterov),
     )
     if o.norm_lr_multiplier != 1.0:  # else unchanged, so old checkpoints restore
-      tx = optax.chain(optax.masked(optax.scale(o.norm_lr_multiplier), norm_mask), tx)
+      norms = lambda params: norm_mask(params, o.get("norm_lr_extra_params", ""))  # noqa: E731
+      tx = optax.chain(optax.masked(optax.scale(o.norm_lr_multiplier), norms), tx)
     if o.name == "muon":
       muon_lr = lambda step: lr(step) * (o.muon_learning_rate / peak_learning_rate(config))  # noqa: E731
       tx = optax.partition(
@@ -209,4 +235,8 @@ def create_optimizer(
     )
   if o.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
+  if o.get("freeze_params"):  # else unchanged, so old checkpoints restore
+    frozen = lambda params: path_mask(params, o.freeze_params)  # noqa: E731
+    num_steps = epochs_to_steps(o.freeze_after_epochs, steps_in_epoch)
+    tx = optax.chain(tx, optax.masked(freeze_after(num_steps), frozen))
   return tx, lr

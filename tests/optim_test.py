@@ -237,3 +237,53 @@ def test_muon_fixed_norm_rescales_kernels_to_sqrt_output_channels():
     rtol=1e-5,
   )
   np.testing.assert_allclose(new["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+
+
+def test_norm_lr_extra_params_take_the_norm_rate_too():
+  config = _config(name="constant", warmup_epochs=0.0)
+  config.optimizer.momentum = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.norm_lr_multiplier = 64.0
+  config.optimizer.norm_lr_extra_params = r"^whiten/bias$"
+  tx, _ = optim.create_optimizer(config, 10)
+  params = {"whiten": {"bias": jnp.ones(2)}, "Dense_0": {"bias": jnp.ones(2)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["whiten"]["bias"], -0.1 * 64.0)
+  np.testing.assert_allclose(updates["Dense_0"]["bias"], -0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "muon"])
+def test_frozen_params_stop_after_their_epochs_decay_included(name):
+  """airbench's whitening bias: trained for the first epochs, then fixed,
+  weight decay and momentum included, while everything else trains on."""
+  config = _config(name="constant", warmup_epochs=0.0)
+  config.optimizer.name = name
+  config.optimizer.weight_decay = 0.1
+  config.optimizer.decay_norm_and_bias = True
+  config.optimizer.freeze_params = "whiten/bias"
+  config.optimizer.freeze_after_epochs = 2.0
+  tx, _ = optim.create_optimizer(config, 3)  # 3 steps an epoch: frozen from step 6
+  params = {"whiten": {"bias": jnp.ones(4)}, "Dense_0": {"bias": jnp.ones(4)}}
+  state = tx.init(params)
+  history = []
+  for _ in range(9):
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append(params)
+  whiten = [float(p["whiten"]["bias"][0]) for p in history]
+  dense = [float(p["Dense_0"]["bias"][0]) for p in history]
+  assert all(a != b for a, b in zip(whiten[:6], [1.0] + whiten[:5]))  # trains 6 steps
+  assert whiten[5:] == [whiten[5]] * 4  # then stays, momentum and decay included
+  assert all(a > b for a, b in zip(dense, dense[1:]))  # the rest trains on
+
+
+def test_bad_parameter_patterns_are_named(tiny_config):
+  from cifar_jax import config_checks
+
+  tiny_config.optimizer.freeze_params = "whiten/(bias"
+  tiny_config.optimizer.norm_lr_extra_params = "["
+  errors = config_checks.config_errors(tiny_config)
+  assert any(e.startswith("config.optimizer.freeze_params must be a regular") for e in errors)
+  assert any(e.startswith("config.optimizer.norm_lr_extra_params must be") for e in errors)

@@ -67,6 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping
   config.optimizer.lr_base_batch_size = 0  # >0: lr *= batch_size / this (linear scaling)
   config.optimizer.norm_lr_multiplier = 1.0  # sgd: lr (not decay) factor of norm-layer params
+  # Regex of parameter names ('whiten/bias') that take norm_lr_multiplier too.
+  config.optimizer.norm_lr_extra_params = ""
+  # Regex of parameter names that stop training after freeze_after_epochs
+  # (airbench's whitening bias: 'whiten/bias' after 3 epochs). "": none.
+  config.optimizer.freeze_params = ""
+  config.optimizer.freeze_after_epochs = 0.0
   # muon: conv kernels take Muon steps (orthogonalised Nesterov momentum) at
   # this peak lr, on the schedule's shape; every other parameter takes the sgd
   # settings above. fixed_norm holds each kernel at norm sqrt(out channels).
