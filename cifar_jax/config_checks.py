@@ -85,6 +85,18 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
         f"config.optimizer.{key} must be a regular expression over parameter names "
         f"such as 'whiten/bias' ({e}), not {config.optimizer.get(key)!r}."
       )
+  if "lookahead" in config and config.lookahead.every_steps:
+    check(
+      isinstance(config.lookahead.every_steps, int) and config.lookahead.every_steps > 0,
+      "lookahead.every_steps",
+      "a positive integer (0: off)",
+    )
+    check(0 <= number("lookahead.decay") < 1, "lookahead.decay", "in [0, 1)")
+    if config.ema_decay:
+      errors.append(
+        "config.ema_decay and config.lookahead.every_steps both average the weights "
+        "into the same slot: set one of them to 0."
+      )
   if config.optimizer.get("freeze_params"):
     check(number("optimizer.freeze_after_epochs") >= 0, "optimizer.freeze_after_epochs", ">= 0")
   check(number("optimizer.norm_lr_multiplier") >= 0, "optimizer.norm_lr_multiplier", ">= 0")

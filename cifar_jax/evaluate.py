@@ -81,7 +81,7 @@ def evaluate(
       config.dataset.data_dir,
       key="dataset.eval_split",
     )
-  use_ema = bool(config.ema_decay)
+  use_ema = records.averages_weights(config)
   if distributed.is_primary():
     print(f"{workdir}: {_which_weights(config, meta, which, best_metric)}", file=sys.stderr)
   state = run.place(state)
@@ -114,9 +114,12 @@ def evaluate(
 
 def _which_weights(config, meta: dict, which: str, best_metric: str) -> str:
   """One line: which weights of which checkpoint are evaluated, and why that one."""
-  weights = (
-    f"the EMA weights (ema_decay={config.ema_decay})" if config.ema_decay else "the trained weights"
-  )
+  if config.ema_decay:
+    weights = f"the EMA weights (ema_decay={config.ema_decay})"
+  elif records.averages_weights(config):
+    weights = f"the lookahead's slow weights (every {config.lookahead.every_steps} steps)"
+  else:
+    weights = "the trained weights"
   value = checkpoint.score(meta, best_metric)
   if which == "latest":
     why = "the latest checkpoint"

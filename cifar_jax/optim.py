@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,17 @@ def create_learning_rate_fn(
 # Learned embeddings and bias tables that, like norms and biases, are not decayed
 # (as in the ViT/Swin reference training code).
 NO_DECAY_NAMES = frozenset({"cls_token", "pos_embedding", "relative_position_bias_table"})
+
+
+def lookahead_decay_fn(
+  config: ml_collections.ConfigDict, steps_in_epoch: int
+) -> Callable[[jax.Array], jax.Array]:
+  """airbench94's lookahead decay at step `count` (steps done): ramping as
+  (count / total)^3 from 0 to `lookahead.decay` at the last step, so the
+  weights move freely early and are averaged strongly at the end."""
+  total = max(steps_in_epoch * config.num_epochs, 1)
+  peak = config.lookahead.decay if "lookahead" in config else 0.0
+  return lambda count: peak * (count.astype(jnp.float32) / total) ** 3
 
 
 def decay_mask(params: Any, decay_norm_and_bias: bool) -> Any:

@@ -156,7 +156,7 @@ def load_trained(
 ) -> Trained:
   """The model of `workdir`'s run (`config`, default its config.json) in its
   float32 XLA form, with the weights of checkpoint `which` (or of `step`):
-  the EMA ones if it trained with `ema_decay`."""
+  the averaged ones if it kept them (`ema_decay`, `lookahead`)."""
   workdir = Path(workdir)
   config = config if config is not None else load_config(workdir)
   # The XLA form on one device: the state's tree and shapes (all a template
@@ -185,7 +185,7 @@ def load_trained(
       )
     raise checkpoint.NoCheckpointError(no_checkpoint_message(workdir))
   state, meta = restored
-  use_ema = bool(config.ema_decay)
+  use_ema = records.averages_weights(config)
   variables = (
     dict(state.ema) if use_ema else {"params": state.params, "batch_stats": state.batch_stats}
   )

@@ -33,7 +33,7 @@ class EpochRecord(TypedDict, total=False):
   compile_s: float
   eval_loss: float
   eval_accuracy: float
-  ema_eval_loss: float  # with config.ema_decay: the EMA weights' evaluation
+  ema_eval_loss: float  # with averaged weights (EMA or lookahead): their evaluation
   ema_eval_accuracy: float
 
 
@@ -74,12 +74,21 @@ def read(workdir: str | Path) -> MetricsFile:
   return MetricsFile(*workdir_lib.read_jsonl(metrics_path(workdir), accept=is_record))
 
 
+def averages_weights(config) -> bool:
+  """Whether the run keeps averaged weights (`state.ema`, evaluated as
+  `ema_eval_*`, and the weights --mode=eval, predict and export use): an EMA
+  (`ema_decay`) or a lookahead's slow weights (`lookahead.every_steps`).
+  `config`: the ConfigDict or a workdir's config.json."""
+  config = config or {}
+  return bool(config.get("ema_decay") or (config.get("lookahead") or {}).get("every_steps"))
+
+
 def best_metric(config) -> str:
   """The record key a run's checkpoints are ranked by (best/, `--mode=eval`,
-  predict, export) and the report shows: the EMA weights' eval accuracy for a
-  run that keeps an EMA (those are the weights evaluated and served), else
-  `eval_accuracy`. `config`: the ConfigDict or a workdir's config.json."""
-  return "ema_eval_accuracy" if (config or {}).get("ema_decay") else "eval_accuracy"
+  predict, export) and the report shows: the averaged weights' eval accuracy
+  for a run that keeps them (those are the weights evaluated and served),
+  else `eval_accuracy`."""
+  return "ema_eval_accuracy" if averages_weights(config) else "eval_accuracy"
 
 
 def summary_line(record: EpochRecord) -> str:

@@ -34,6 +34,7 @@ from cifar_jax import models
 from cifar_jax import optim
 from cifar_jax import parallel as parallel_lib
 from cifar_jax import precision
+from cifar_jax import records
 from cifar_jax import steps
 from cifar_jax.models import summary
 
@@ -102,7 +103,7 @@ def create_train_state(
   # A copy, not an alias: the state is donated, and a buffer donated twice crashes.
   ema = (
     jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats})
-    if config.ema_decay
+    if records.averages_weights(config)
     else {}
   )
   return steps.TrainState.create(
@@ -219,6 +220,8 @@ class Run:
       num_classes=c.dataset.num_classes,
       label_smoothing=c.label_smoothing,
       ema_decay=c.ema_decay,
+      lookahead_every=c.lookahead.every_steps if "lookahead" in c else 0,
+      lookahead_decay_fn=optim.lookahead_decay_fn(c, self.steps_in_epoch),
       axis_name=self.par.axis_name,
     )
     example_batch = self.gather(data, np.zeros(c.batch_size, np.int32))

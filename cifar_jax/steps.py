@@ -11,6 +11,7 @@ device. Metrics are sums (see metrics.py), fetched to the host only when logged.
 from __future__ import annotations
 
 from typing import Any
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -73,9 +74,18 @@ def train_step(
   num_classes: int,
   label_smoothing: float = 0.0,
   ema_decay: float = 0.0,
+  lookahead_every: int = 0,
+  lookahead_decay_fn: Callable[[jax.Array], jax.Array] | None = None,
   axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch {'image': uint8 (B,H,W,C), 'label': (B,)}.
+
+  With `ema_decay`, `state.ema` follows the weights (and BatchNorm
+  statistics) as an exponential moving average. With `lookahead_every`
+  (airbench94's lookahead), every that many steps `state.ema` (the slow
+  weights) moves towards the weights by 1 - `lookahead_decay_fn(step)`, and
+  the weights jump back to it; the slow weights are what is evaluated as
+  `ema_eval_*`, as airbench's last sync hands them to its evaluation.
 
   Under pmap (`axis_name` set) gradients and metrics are reduced over devices;
   each device folds its index into the shared step key for its own random
@@ -112,6 +122,8 @@ def train_step(
         step_size=1.0 - ema_decay,
       )
     )
+  if lookahead_every:
+    state = _lookahead_sync(state, lookahead_every, lookahead_decay_fn)
 
   loss_sum = losses.sum()
   step_metrics = {
@@ -125,6 +137,17 @@ def train_step(
   if axis_name is not None:
     step_metrics = metrics_lib.reduce_over_devices(step_metrics, axis_name)
   return state, step_metrics
+
+
+def _lookahead_sync(
+  state: TrainState, every: int, decay_fn: Callable[[jax.Array], jax.Array]
+) -> TrainState:
+  fast = {"params": state.params, "batch_stats": state.batch_stats}
+  synced = optax.incremental_update(fast, state.ema, step_size=1.0 - decay_fn(state.step))
+  due = state.step % every == 0  # state.step counts the steps done, this one included
+  slow = jax.tree.map(lambda s, old: jnp.where(due, s, old), synced, state.ema)
+  fast = jax.tree.map(lambda s, f: jnp.where(due, s, f), slow, fast)
+  return state.replace(params=fast["params"], batch_stats=fast["batch_stats"], ema=slow)
 
 
 def eval_step(

@@ -162,7 +162,7 @@ def _train_and_evaluate(
   evaluators = []
   if eval_split is not None:
     evaluators.append(("eval", run.evaluator(eval_split, state)))
-    if config.ema_decay:
+    if records.averages_weights(config):
       evaluators.append(("ema_eval", run.evaluator(eval_split, state, use_ema=True)))
   compile_s += sum(e.compile_s for _, e in evaluators)
   if config.hard_mining.enabled:  # measures every training example's loss

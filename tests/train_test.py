@@ -407,3 +407,15 @@ def test_stop_at_the_end_of_an_epoch_keeps_its_record(tiny_config, tmp_path):
   record = _two_epochs(tiny_config, tmp_path)
   assert [r["epoch"] for r in writers.read_metrics(tmp_path)] == [1, 2]
   assert "eval_accuracy" in record
+
+
+def test_lookahead_run_evaluates_its_slow_weights(tiny_config, tmp_path, capsys):
+  tiny_config.lookahead.every_steps = 2
+  record = train.train_and_evaluate(
+    tiny_config, tmp_path, train_split=make_split(96), eval_split=make_split(32, seed=1)
+  )
+  assert 0.0 <= record["ema_eval_accuracy"] <= 1.0
+  capsys.readouterr()
+  result = evaluate.evaluate(tiny_config, tmp_path, split=make_split(32, seed=1))
+  assert result["weights"] == "ema" and result["selected_by"] == "ema_eval_accuracy"
+  assert "the lookahead's slow weights (every 2 steps)" in capsys.readouterr().err
