@@ -66,3 +66,30 @@ def test_a_config_variant_is_picked_after_a_colon_and_an_unknown_one_is_named():
   config_checks.validate_config(budget)
   with pytest.raises(ValueError, match="unknown config variant 'fast'.*':budget'"):
     importlib.import_module("cifar_jax.configs.resnet18").get_config("fast")
+
+
+# The eleven families of the zoo that have long GPU recipes and a CPU budget one.
+BUDGET_FAMILIES = (
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "resnet_budget",
+  "mobilenet_v2",
+  "efficientnet_b0",
+  "efficientnet_b1",
+  "vit_tiny",
+  "vit_small",
+  "swin_tiny",
+  "swin_small",
+)
+
+
+@pytest.mark.parametrize("name", BUDGET_FAMILIES)
+def test_every_zoo_family_has_a_valid_budget_recipe(name):
+  module = importlib.import_module(f"cifar_jax.configs.{name}")
+  full, budget = module.get_config(), module.get_config("budget")
+  config_checks.validate_config(budget)
+  assert budget.model.name == full.model.name
+  assert budget.num_epochs < full.num_epochs and budget.half_precision == "auto"
+  assert budget.schedule.name == "onecycle" and budget.label_smoothing == 0.1
+  optim.create_optimizer(budget, steps_in_epoch=100)

@@ -199,3 +199,26 @@ def budget_convnet(
   config.half_precision = "auto"
   config.tta = "flip"
   return config
+
+
+def budget_transformer(
+  config: ml_collections.ConfigDict, *, num_epochs: int, learning_rate: float
+) -> ml_collections.ConfigDict:
+  """The short CPU recipe of the vision transformers (`:budget`): AdamW on a
+  one-cycle schedule, label smoothing 0.1, bf16 where native, flip TTA, and
+  only crop+flip. RandAugment, mixup/cutmix and stochastic depth regularise
+  300-epoch runs; a few epochs are far from overfitting, and they only slow
+  the fit there."""
+  config.num_epochs = num_epochs
+  config.batch_size = 128
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.weight_decay = 0.05
+  config.schedule.name = "onecycle"
+  config.schedule.pct_start = 0.15
+  config.label_smoothing = 0.1
+  config.augment = "crop(pad=4)|flip"
+  config.model.drop_path_rate = 0.0
+  config.half_precision = "auto"
+  config.tta = "flip"
+  return config

@@ -1,9 +1,19 @@
-"""EfficientNet-B1: EfficientNet-B0's recipe (B1 is B0 with depth x1.1)."""
+"""EfficientNet-B1: EfficientNet-B0's recipe (B1 is B0 with depth x1.1).
 
+`:budget`: efficientnet_b0's, 6 epochs.
+"""
+
+from cifar_jax.configs import base
 from cifar_jax.configs import efficientnet_b0
 
 
-def get_config():
+def get_config(variant: str | None = None):
   config = efficientnet_b0.get_config()
   config.model.name = "efficientnet_b1"
+  return base.variant(config, variant, budget=budget)
+
+
+def budget(config):
+  config = efficientnet_b0.budget(config)
+  config.num_epochs = 6
   return config

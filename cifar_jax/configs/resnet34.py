@@ -1,9 +1,17 @@
-"""CIFAR ResNet34: ResNet18's recipe."""
+"""CIFAR ResNet34: ResNet18's recipe.
 
+`:budget` (configs/base.py `budget_convnet`): 2 epochs, one-cycle to lr 0.2.
+"""
+
+from cifar_jax.configs import base
 from cifar_jax.configs import resnet18
 
 
-def get_config():
+def get_config(variant: str | None = None):
   config = resnet18.get_config()
   config.model.name = "resnet34"
-  return config
+  return base.variant(config, variant, budget=budget)
+
+
+def budget(config):
+  return base.budget_convnet(config, num_epochs=2, learning_rate=0.2)

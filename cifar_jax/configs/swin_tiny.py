@@ -1,11 +1,19 @@
 """Swin-T (patch 2, window 4) from scratch: the transformer recipe of
-configs/base.py with stochastic depth 0.1 and gradient clipping 5.0."""
+configs/base.py with stochastic depth 0.1 and gradient clipping 5.0.
+
+`:budget` (configs/base.py `budget_transformer`): 5 epochs, AdamW one-cycle to
+2e-3, crop+flip only.
+"""
 
 from cifar_jax.configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
   config = base.transformer_recipe(base.get_config(), learning_rate=1e-3, grad_clip_norm=5.0)
   config.model.name = "swin_tiny"
   config.model.drop_path_rate = 0.1
-  return config
+  return base.variant(config, variant, budget=budget)
+
+
+def budget(config):
+  return base.budget_transformer(config, num_epochs=5, learning_rate=2e-3)

@@ -1,13 +1,21 @@
 """ViT-Tiny (patch 4) from scratch: the transformer recipe of configs/base.py
 (AdamW, warmup + cosine, 300 epochs, RandAugment, mixup/cutmix, label
-smoothing) with stochastic depth 0.1 and gradient clipping 1.0."""
+smoothing) with stochastic depth 0.1 and gradient clipping 1.0.
+
+`:budget` (configs/base.py `budget_transformer`): 6 epochs, AdamW one-cycle to
+2e-3, crop+flip only.
+"""
 
 from cifar_jax.configs import base
 
 
-def get_config():
+def get_config(variant: str | None = None):
   config = base.transformer_recipe(base.get_config(), learning_rate=1e-3, grad_clip_norm=1.0)
   config.model.name = "vit_tiny"
   config.model.drop_path_rate = 0.1
   config.model.dropout_rate = 0.0
-  return config
+  return base.variant(config, variant, budget=budget)
+
+
+def budget(config):
+  return base.budget_transformer(config, num_epochs=6, learning_rate=2e-3)
