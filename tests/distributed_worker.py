@@ -4,18 +4,26 @@
 
 with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (and
 JAX_NUM_CPU_DEVICES) in the environment, as scripts/launch_local.py sets
-them. SPEC: {"workdir", "parallel", "action": "train" | "eval", "compile_cache",
-and optionally "num_epochs", "pause_after_epoch_s" (every process sleeps
-after epoch 1, with its checkpoint saved: a window to kill one),
-"heartbeat_timeout_s"}. It trains or evaluates `run_config`
-on the fake splits of tests/fake_data.py, the same in every process, through
-the same library calls `python -m cifar_jax.main` makes.
+them. SPEC: {"workdir", "parallel", "action": "train" | "eval" (or a list of them,
+run in order), "compile_cache", and optionally "num_epochs",
+"pause_after_epoch_s" (every process sleeps after epoch 1, with its
+checkpoint saved: a window to kill one), "wait_for_signal" ({"process": P,
+"step": N}: in a run that starts without a checkpoint, process P prints
+"waiting for a signal at step N" after its N-th training step and waits,
+up to 120 s, until SIGTERM or SIGINT has reached it, so the stop request
+falls on that step; a resumed run does not wait), "heartbeat_timeout_s"}.
+It trains or evaluates `run_config` on the fake splits of tests/fake_data.py,
+the same in every process, through the same library calls
+`python -m cifar_jax.main` makes. Without the JAX_* variables it is one
+process on the devices it sees.
 """
 
 import json
 import os
+import signal
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,16 +56,55 @@ def splits():
   return make_split(TRAIN_EXAMPLES, learnable=True), make_split(EVAL_EXAMPLES, seed=1)
 
 
+def _stop_requested() -> bool:
+  """Whether train's SIGTERM/SIGINT handler (`train._StopRequest`) was called."""
+  handler = signal.getsignal(signal.SIGTERM)
+  return bool(getattr(getattr(handler, "__self__", None), "requested", False))
+
+
+def _wait_for_signal_at_step(step: int, timeout_s: float = 120) -> None:
+  """Makes this process wait for a signal after its `step`-th training step
+  (of this run), before the loop asks every process whether to stop."""
+  from cifar_jax import metrics
+
+  original_add, count = metrics.Accumulator.add, [0]
+
+  def add(self, step_metrics):
+    original_add(self, step_metrics)
+    count[0] += "first_bad_step" in step_metrics  # training steps only
+    if count[0] == step:
+      print(f"waiting for a signal at step {step}", file=sys.stderr, flush=True)
+      deadline = time.monotonic() + timeout_s
+      while not _stop_requested() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+  metrics.Accumulator.add = add
+
+
 def main():
   spec = json.loads(sys.argv[1])
   from cifar_jax import distributed
+
+  config = run_config(spec)
+  # Before initialize: no process can have started writing checkpoints yet.
+  fresh = not any((Path(spec["workdir"]) / "checkpoints").glob("[0-9]*"))
+  distributed.initialize(config)
+  import jax
+
+  wait = spec.get("wait_for_signal")
+  if wait and fresh and jax.process_index() == wait["process"]:
+    _wait_for_signal_at_step(wait["step"])
+  train_split, eval_split = splits()
+  actions = spec["action"] if isinstance(spec["action"], list) else [spec["action"]]
+  for action in actions:
+    _run(action, spec, config, train_split, eval_split)
+
+
+def _run(action, spec, config, train_split, eval_split):
   from cifar_jax import evaluate
   from cifar_jax import train
 
-  config = run_config(spec)
-  distributed.initialize(config)
-  train_split, eval_split = splits()
-  if spec["action"] == "train":
+  if action == "train":
 
     def pause(record):
       if record["epoch"] == 1 and spec.get("pause_after_epoch_s"):
