@@ -4,11 +4,31 @@
         --models=resnet18,my_cnn --batch=128 --rounds=2
 
 For each model and round it times the JAX train step (scripts/benchmark.py)
-and then PyTorch's (../shared/bench/torch_reference.py, run with a Python that
-has torch installed: torch is not a dependency of this project), back to back,
-so both see the same machine load. It prints one JSON line per measurement
-and a table of the ratio JAX / PyTorch per round and their median. Absolute
-images/s drift on shared machines; only the ratios are meaningful.
+and then PyTorch's, back to back, so both see the same machine load. It
+prints one JSON line per measurement and a table of the ratio JAX / PyTorch
+per round and their median. Absolute images/s drift on shared machines; only
+the ratios are meaningful.
+
+PyTorch runs in a Python that has torch installed (`--torch_python`; torch is
+not a dependency of this project), with one of two scripts:
+
+- resnet18, my_cnn, speedrun (and any model the zoo has no reference for):
+  ../shared/bench/torch_reference.py (`--torch_script`), PyTorch ports of
+  those networks;
+- the zoo: resnet34, resnet50, mobilenet_v2, efficientnet_b0/b1,
+  swin_tiny/small, vit_tiny/small: scripts/torch_zoo_bench.py
+  (`--torch_zoo_script`), the torchvision/timm network that our model equals
+  at the CIFAR settings (cifar_jax/models/torch_reference.py; the Python
+  needs torchvision and timm too, e.g. the `reference` extra), timed as
+  torch_reference.py times its own, with the stochastic depth and dropout
+  rates of the model's config, which the JAX side trains with:
+
+    python scripts/compare_torch.py --torch_python=$(which python) \
+        --models=resnet50,mobilenet_v2,efficientnet_b0,vit_tiny,swin_tiny --rounds=3
+
+PyTorch's step updates the weights with SGD, as torch_reference.py's does;
+JAX's with the config's optimizer (AdamW for the transformers): a small part
+of either step next to the forward and backward passes.
 
 Each framework runs in its best precision for the CPU by default: JAX with
 half_precision=auto, PyTorch in bf16 autocast + channels-last (bf16_cl) where
@@ -38,6 +58,9 @@ from cifar_jax import host_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TORCH_SCRIPT = os.path.join(HERE, "..", "..", "shared", "bench", "torch_reference.py")
+DEFAULT_TORCH_ZOO_SCRIPT = os.path.join(HERE, "torch_zoo_bench.py")
+# The networks that ../shared/bench/torch_reference.py defines.
+SHARED_REFERENCE_MODELS = ("resnet18", "my_cnn", "speedrun")
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
@@ -48,6 +71,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string(
   "torch_script", DEFAULT_TORCH_SCRIPT, "PyTorch's benchmark script.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+  "torch_zoo_script",
+  DEFAULT_TORCH_ZOO_SCRIPT,
+  "PyTorch's benchmark script for the zoo's torchvision/timm networks.",
+  flag_values=FLAGS,
 )
 flags.DEFINE_string(
   "torch_mode",
@@ -93,6 +122,39 @@ def _run_json_lines(cmd: list[str], env: dict[str, str] | None = None) -> list[d
     env=dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
   ).stdout
   return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def uses_zoo_script(model: str) -> bool:
+  """Whether PyTorch's side of ``model`` is scripts/torch_zoo_bench.py's
+  torchvision/timm network (else torch_reference.py's own port)."""
+  from cifar_jax.models import torch_reference  # pylint: disable=import-outside-toplevel
+
+  return model not in SHARED_REFERENCE_MODELS and model in torch_reference.NAMES
+
+
+def zoo_rates(model: str) -> dict[str, float]:
+  """The stochastic depth and dropout rates that JAX trains ``model`` with
+  (its config's, cifar_jax.benchmark.model_config), as torch_zoo_bench.py's
+  flags; a rate the config leaves unset is our model's default on both sides."""
+  from cifar_jax import benchmark  # pylint: disable=import-outside-toplevel
+
+  options = benchmark.model_config(model).model
+  rates = {
+    "drop_path_rate": options.get("drop_path_rate", options.get("drop_connect_rate")),
+    "dropout_rate": options.get("dropout_rate", options.get("drop_rate")),
+  }
+  return {k: float(v) for k, v in rates.items() if v is not None}
+
+
+def torch_command(
+  model: str, python: str, script: str, zoo_script: str, mode: str, batch: int, steps: int
+) -> list[str]:
+  """PyTorch's side of ``model``: torch_reference.py (``script``) for the
+  models it defines, torch_zoo_bench.py (``zoo_script``) for the zoo's."""
+  common = [f"--models={model}", f"--modes={mode}", f"--batch={batch}", f"--steps={steps}"]
+  if not uses_zoo_script(model):
+    return [python, script] + common
+  return [python, zoo_script] + common + [f"--{k}={v}" for k, v in zoo_rates(model).items()]
 
 
 def torch_environment(malloc: str) -> dict[str, str]:
@@ -144,17 +206,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         ]
         jax_cmd.append(f"--half_precision={args.half_precision}")
         jax_rows.append(_run_json_lines(jax_cmd)[0])
-      torch_row = _run_json_lines(
-        [
-          args.torch_python,
-          args.torch_script,
-          f"--models={model}",
-          f"--modes={torch_mode}",
-          f"--batch={args.batch}",
-          f"--steps={args.steps}",
-        ],
-        env=torch_env,
-      )[0]
+      torch_cmd = torch_command(
+        model,
+        args.torch_python,
+        args.torch_script,
+        args.torch_zoo_script,
+        torch_mode,
+        args.batch,
+        args.steps,
+      )
+      torch_row = _run_json_lines(torch_cmd, env=torch_env)[0]
       for backend, jax_row in zip(backends, jax_rows):
         ratio = jax_row["img_per_s"] / torch_row["img_per_s"]
         ratios[(model, backend)].append(ratio)
@@ -168,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               "jax_conv": jax_row["conv"],
               "torch_img_per_s": torch_row["img_per_s"],
               "torch_mode": torch_mode,
+              "torch_script": os.path.basename(torch_cmd[1]),
               "torch_malloc": args.torch_malloc,
               "cpu_isa": machine.cpu_isa,
               "ratio": round(ratio, 3),
@@ -175,10 +237,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           ),
           flush=True,
         )
-  print(f"\n{'model':<12} {'conv':<8} {'JAX / PyTorch (' + torch_mode + ')':<28} median")
+  print(f"\n{'model':<16} {'conv':<8} {'JAX / PyTorch (' + torch_mode + ')':<28} median")
   for (model, backend), values in ratios.items():
     print(
-      f"{model:<12} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "
+      f"{model:<16} {backend:<8} {', '.join(f'{v:.2f}' for v in values):<28} "
       f"{statistics.median(values):.2f}"
     )
 

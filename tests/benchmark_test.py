@@ -1,11 +1,13 @@
-"""scripts/benchmark.py prints the issue's JSON contract (or a table), and
-scripts/compare_torch.py turns two measurements into ratios."""
+"""scripts/benchmark.py prints the issue's JSON contract (or a table),
+scripts/compare_torch.py turns two measurements into ratios and
+scripts/torch_zoo_bench.py times the zoo's PyTorch references."""
 
 import contextlib
 import importlib.util
 import io
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -158,3 +160,62 @@ def test_compare_torch_runs_each_side_in_its_best_precision(monkeypatch, native_
   assert jax_env["ONEDNN_MAX_CPU_ISA"] == torch_env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
   assert json.loads(out.splitlines()[1])["torch_mode"] == torch_mode
   monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")  # compare_torch set it for its children
+
+
+# The keys of ../shared/bench/torch_reference.py's JSON lines.
+TORCH_KEYS = {"model", "mode", "batch", "img_per_s", "step_s", "params", "torch", "threads"}
+
+
+def test_torch_zoo_bench_times_a_zoo_network_as_torch_reference_does():
+  """One mobilenet_v2 step at batch 2, in a Python where cifar_jax and JAX
+  cannot be imported: the script needs torch, torchvision and timm only."""
+  for name in ("torch", "torchvision", "timm"):
+    if importlib.util.find_spec(name) is None:
+      pytest.skip(f"{name} is not installed (the `reference` extra)")
+  script = os.path.join(REPO_ROOT, "scripts", "torch_zoo_bench.py")
+  argv = ["--models=mobilenet_v2", "--modes=fp32_cl", "--batch=2", "--steps=1"]
+  without_project = (
+    "import runpy, sys\n"
+    "for name in ('cifar_jax', 'jax', 'flax', 'absl'):\n"
+    "  sys.modules[name] = None  # import fails\n"
+    f"sys.argv = [{script!r}] + {argv!r}\n"
+    f"runpy.run_path({script!r}, run_name='__main__')\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", without_project], check=True, capture_output=True, text=True
+  ).stdout
+  (row,) = [json.loads(line) for line in out.splitlines()]
+  assert set(row) == TORCH_KEYS
+  assert (row["model"], row["mode"], row["batch"]) == ("mobilenet_v2", "fp32_cl", 2)
+  assert row["params"] == 2_236_682  # our mobilenet_v2's (tests/reference_test.py)
+  assert row["img_per_s"] > 0 and row["step_s"] > 0
+
+
+def test_compare_torch_times_the_zoo_with_torch_zoo_bench(monkeypatch):
+  """resnet18 and my_cnn with torch_reference.py's ports, the zoo's others
+  with torch_zoo_bench.py's torchvision/timm networks at the rates of the
+  model's config."""
+  compare = _script("compare_torch")
+  torch_calls = []
+
+  def fake_run(cmd, env=None):
+    if os.path.basename(cmd[1]) == "benchmark.py":
+      return [{"img_per_s": 20.0, "dtype": "float32", "conv": "onednn"}]
+    torch_calls.append(cmd)
+    return [{"img_per_s": 10.0}]
+
+  monkeypatch.setattr(compare, "_run_json_lines", fake_run)
+  out = _stdout_of(
+    compare.main,
+    ["--models=resnet18,resnet50,my_cnn,vit_tiny,efficientnet_b0", "--rounds=1", "--steps=1"],
+  )
+  scripts = [os.path.basename(c[1]) for c in torch_calls]
+  reference, zoo = "torch_reference.py", "torch_zoo_bench.py"
+  assert scripts == [reference, zoo, reference, zoo, zoo]
+  assert [r["torch_script"] for r in map(json.loads, out.splitlines()[1:6])] == scripts
+  resnet50, vit, efficientnet = torch_calls[1], torch_calls[3], torch_calls[4]
+  assert "--models=resnet50" in resnet50 and "--batch=128" in resnet50
+  assert "--drop_path_rate=0.1" in vit  # configs/vit_tiny.py's, not timm's 0
+  assert {"--drop_path_rate=0.2", "--dropout_rate=0.2"} <= set(efficientnet)  # drop_connect_rate
+  assert not [a for a in torch_calls[0] if "rate" in a]  # torch_reference.py has no such flags
+  assert out.rstrip().endswith("2.00")

@@ -8,7 +8,8 @@ both run in fp32 on one random batch:
 
 - in the ImageNet settings (224x224, 1000 classes, the stock reference);
 - in the CIFAR settings (our registered defaults, 32x32, 10 classes) against
-  the reference modified as each model file's docstring says.
+  the reference modified as each model file's docstring says
+  (``cifar_jax.models.torch_reference``).
 
 Logits must agree to ``TOLERANCE`` times the largest reference logit (see
 ``assert_logits_equal``). Skipped without torch, torchvision and timm (the
@@ -18,45 +19,22 @@ Logits must agree to ``TOLERANCE`` times the largest reference logit (see
 import ast
 import importlib.util
 import inspect
-import sys
-import types
-import warnings
 
 import jax
 import numpy as np
 import pytest
 
 from cifar_jax import models
+from cifar_jax.models import summary
+from cifar_jax.models import torch_reference
 from cifar_jax.models import torch_weights
+from cifar_jax.models.torch_reference import cifar_resnet
+from cifar_jax.models.torch_reference import timm_vit
 
 torch = pytest.importorskip("torch")
-
-
-def _import_torchvision():
-  """torchvision, also where its C++ ops do not load. PyPI's torchvision wheel
-  is built against CUDA torch; beside the CPU torch its extension fails to load
-  and its import then dies registering fake kernels for the missing detection
-  ops (nms). The models need none of those ops, so that registration is
-  skipped and the import retried."""
-  if importlib.util.find_spec("torchvision") is None:
-    pytest.skip("torchvision is not installed", allow_module_level=True)
-  try:
-    import torchvision
-  except RuntimeError as e:
-    if "torchvision::" not in str(e):
-      raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-      del sys.modules[name]
-    sys.modules["torchvision._meta_registrations"] = types.ModuleType(
-      "torchvision._meta_registrations"
-    )
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")  # "Failed to load image Python extension" and co.
-      import torchvision
-  return torchvision
-
-
-torchvision = _import_torchvision()
+if importlib.util.find_spec("torchvision") is None:
+  pytest.skip("torchvision is not installed", allow_module_level=True)
+torchvision = torch_reference.import_torchvision()
 timm = pytest.importorskip("timm")
 
 from torchvision.models import efficientnet as tv_efficientnet  # noqa: E402
@@ -171,10 +149,6 @@ def compare(reference, model, convert, size: int, batch: int):
   )
 
 
-def timm_vit(name, **options):
-  return timm.create_model(name, pretrained=False, **options)
-
-
 # ImageNet settings: the stock reference, our model with its ImageNet options.
 IMAGENET_STRIDES = dict(stem_stride=2, strides=(1, 2, 2, 2, 1, 2, 1))
 IMAGENET = {
@@ -222,80 +196,47 @@ def test_imagenet_settings_equal_the_reference(name):
 
 
 # CIFAR settings: our registered defaults against the reference changed as
-# each model file's docstring says.
-def cifar_resnet(build):
-  net = build(num_classes=10)
-  net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-  net.maxpool = torch.nn.Identity()
-  return net
-
-
-def cifar_mobilenet_v2():
-  # torchvision's table with the 24-channel stage at stride 1, and a stride-1 stem.
-  setting = [
-    [1, 16, 1, 1],
-    [6, 24, 2, 1],
-    [6, 32, 3, 2],
-    [6, 64, 4, 2],
-    [6, 96, 3, 1],
-    [6, 160, 3, 2],
-    [6, 320, 1, 1],
-  ]
-  net = tv_mobilenet.mobilenet_v2(num_classes=10, inverted_residual_setting=setting)
-  net.features[0][0].stride = (1, 1)
-  return net
-
-
-def cifar_efficientnet(build):
-  net = build(num_classes=10)
-  net.features[0][0].stride = (1, 1)  # the stem
-  net.features[2][0].block[1][0].stride = (1, 1)  # stage 2's first depthwise conv
-  return net
-
-
-def cifar_swin(depths, stochastic_depth_prob):
-  net = tv_swin.SwinTransformer(
-    patch_size=[2, 2],
-    embed_dim=96,
-    depths=depths,
-    num_heads=[3, 6, 12, 24],
-    window_size=[4, 4],
-    stochastic_depth_prob=stochastic_depth_prob,
-    num_classes=10,
-  )
-  # The last stage sees 2x2 tokens: one 2x2 window, as in the official code;
-  # torchvision would zero-pad the map to its 4x4 window instead.
-  for block in net.features[7]:
-    block.attn.window_size = [2, 2]
-    block.attn.shift_size = [0, 0]
-    block.attn.define_relative_position_bias_table()
-    block.attn.define_relative_position_index()
-  return net
-
-
+# each model file's docstring says (cifar_jax/models/torch_reference.py).
 # One member per family: its siblings differ from it in widths and depths
-# only, which the ImageNet comparisons cover.
+# only, which the ImageNet comparisons and the parameter counts below cover.
 CIFAR = {
-  "resnet18": (lambda: cifar_resnet(tv_resnet.resnet18), torch_weights.resnet_variables),
-  "mobilenet_v2": (cifar_mobilenet_v2, torch_weights.mobilenet_v2_variables),
-  "efficientnet_b0": (
-    lambda: cifar_efficientnet(tv_efficientnet.efficientnet_b0),
-    torch_weights.efficientnet_variables,
-  ),
-  "swin_tiny": (lambda: cifar_swin([2, 2, 6, 2], 0.2), torch_weights.swin_variables),
-  "vit_tiny": (
-    lambda: timm_vit("vit_tiny_patch16_224", patch_size=4, img_size=32, num_classes=10),
-    torch_weights.vit_variables,
-  ),
+  "resnet18": torch_weights.resnet_variables,
+  "mobilenet_v2": torch_weights.mobilenet_v2_variables,
+  "efficientnet_b0": torch_weights.efficientnet_variables,
+  "swin_tiny": torch_weights.swin_variables,
+  "vit_tiny": torch_weights.vit_variables,
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CIFAR))
 def test_cifar_settings_equal_the_modified_reference(name):
-  build, convert = CIFAR[name]
   torch.manual_seed(0)
-  compare(build(), models.get_model(name), convert, 32, CIFAR_BATCH)
+  compare(torch_reference.build(name), models.get_model(name), CIFAR[name], 32, CIFAR_BATCH)
+
+
+@pytest.mark.parametrize("name", torch_reference.NAMES)
+def test_cifar_references_have_our_models_parameter_counts(name):
+  """Every reference, the siblings of the families' compared members included,
+  has its registered model's parameter count (trainable, BatchNorm statistics
+  excluded on both sides)."""
+  torch.manual_seed(0)
+  reference = torch_reference.build(name)
+  ours = summary.count_params(summary.abstract_variables(models.get_model(name)))
+  assert sum(p.numel() for p in reference.parameters()) == ours
+
+
+def test_cifar_reference_builder_rejects_unknown_models_and_rates():
+  assert set(torch_reference.NAMES) <= set(models.model_names())
+  with pytest.raises(ValueError, match="no PyTorch reference for model 'lenet5'"):
+    torch_reference.build("lenet5")
+  with pytest.raises(ValueError, match="resnet18's reference has no drop_path_rate"):
+    torch_reference.build("resnet18", drop_path_rate=0.1)
+  # Our models' rates by default, the given ones otherwise (train mode only).
+  vit = torch_reference.build("vit_tiny")
+  assert vit.training and vit.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+  swin = torch_reference.build("swin_tiny", drop_path_rate=0.1)
+  assert swin.features[7][-1].stochastic_depth.p == pytest.approx(0.1)
 
 
 def test_resnet18_train_mode_and_running_statistics_equal_torch():
@@ -365,11 +306,24 @@ def test_converters_reject_missing_left_over_and_misshapen_weights():
     torch_weights.resnet_variables(state_dict_of(cifar_resnet(tv_resnet.resnet34)), cifar)
 
 
+def _imported_modules(module, top_level_only=False):
+  tree = ast.parse(inspect.getsource(module))
+  nodes = tree.body if top_level_only else list(ast.walk(tree))
+  imported = [alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names]
+  imported += [node.module for node in nodes if isinstance(node, ast.ImportFrom)]
+  return [m.split(".")[0] for m in imported]
+
+
 def test_the_converters_import_no_torch():
   """Only callers that hold a state_dict need torch."""
-  tree = ast.parse(inspect.getsource(torch_weights))
-  imported = [
-    alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-  ]
-  imported += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-  assert not [m for m in imported if m.split(".")[0] in ("torch", "torchvision", "timm")]
+  imported = _imported_modules(torch_weights)
+  assert not [m for m in imported if m in ("torch", "torchvision", "timm")]
+
+
+def test_the_reference_builders_import_neither_the_project_nor_jax():
+  """scripts/torch_zoo_bench.py loads them by path into a Python with torch
+  only; compare_torch reads their NAMES without torch."""
+  imported = _imported_modules(torch_reference)
+  assert not [m for m in imported if m in ("cifar_jax", "jax", "flax", "numpy", "absl")]
+  top_level = _imported_modules(torch_reference, top_level_only=True)
+  assert not [m for m in top_level if m in ("torch", "torchvision", "timm")]
