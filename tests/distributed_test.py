@@ -210,7 +210,8 @@ def _kill_all(procs):
 
 def test_a_killed_process_stops_the_other_and_both_resume(tmp_path, compile_cache, reference):
   workdir = tmp_path / "run"
-  spec = _spec(workdir, "jit", compile_cache, pause_after_epoch_s=20, heartbeat_timeout_s=10)
+  # The pause is the window for the kill, which follows the line at once.
+  spec = _spec(workdir, "jit", compile_cache, pause_after_epoch_s=5, heartbeat_timeout_s=10)
   procs, logs = _start_two(spec, tmp_path)
   try:
     _wait_for_line(logs[1], "paused after epoch 1", procs)  # trained and checkpointed
