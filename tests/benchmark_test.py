@@ -219,3 +219,27 @@ def test_compare_torch_times_the_zoo_with_torch_zoo_bench(monkeypatch):
   assert {"--drop_path_rate=0.2", "--dropout_rate=0.2"} <= set(efficientnet)  # drop_connect_rate
   assert not [a for a in torch_calls[0] if "rate" in a]  # torch_reference.py has no such flags
   assert out.rstrip().endswith("2.00")
+
+
+def test_time_to_target_multiplies_each_sides_epochs_by_its_epoch_time(monkeypatch):
+  """Both sides stubbed: JAX at 1,000 img/s needs 10 epochs of 50,000
+  images (500 s), PyTorch at 800 img/s 9.9 epochs (618.75 s)."""
+  script = _script("time_to_target")
+  calls = []
+
+  def fake_run(cmd, env=None):
+    calls.append(cmd)
+    if os.path.basename(cmd[1]) == "benchmark.py":
+      return [{"model": "speedrun", "img_per_s": 1000.0, "dtype": "float32"}]
+    return [{"model": "speedrun", "img_per_s": 800.0}]
+
+  monkeypatch.setattr(script.compare_torch, "_run_json_lines", fake_run)
+  out = _stdout_of(script.main, ["--rounds=1", "--torch_python=python", "--torch_script=t.py"])
+  (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  assert row["jax_time_to_target_s"] == 500.0 and row["torch_time_to_target_s"] == 618.8
+  assert row["ratio"] == pytest.approx(500 / 618.75, abs=1e-3)
+  assert row["jax_batch"] == 2000  # speedrun_muon's own batch
+  jax_cmd, torch_cmd = calls
+  assert "--models=speedrun_muon" in jax_cmd and "--batch=2000" in jax_cmd
+  assert "--models=speedrun" in torch_cmd and "--batch=1024" in torch_cmd
+  assert out.rstrip().endswith("median 0.81")
