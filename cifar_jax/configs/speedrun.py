@@ -24,9 +24,10 @@ Translation of airbench94's hyperparameters (its lr 11.5 and wd 0.0153 are
   views (airbench's own TTA uses 6 views, translated by 1 pixel with
   reflection, and averages logits).
 - EMA of the weights with a per-step decay of 0.95, evaluated as ema_eval_*
-  (and used by `--mode=eval`). airbench uses lookahead instead: from epoch 3,
-  every 5 steps the weights move to an EMA whose decay ramps up to 0.95 per
-  step at the end. A plain EMA is the closest thing here.
+  (and used by `--mode=eval`). airbench uses lookahead instead: every 5
+  steps the weights move to an EMA whose decay ramps up as (step/total)^3
+  to 0.95**5 at the end; `--config.ema_decay=0 --config.lookahead.every_steps=5`
+  runs that (not yet measured against the EMA here).
 - 12 epochs (airbench: 9.9). On the shared JPEG-q75 data, trained on
   train[:45000], 10 epochs reached 90.54% validation accuracy with the EMA
   (90.00% without), short of the 90.7% PyTorch's airbench94 reaches on this
@@ -42,9 +43,12 @@ cores busy, and memory is no obstacle (2.4 GB peak for the benchmark at batch
 halves by itself; raise `ema_decay` to ~0.975 to keep the EMA's horizon in
 images.
 
-Not reproduced: freezing the whitening bias after 3 epochs (it trains
-throughout). Compute is `half_precision="auto"`: bf16 where the device has
-it natively, as airbench's fp16 on GPU (with oneDNN convolutions on a CPU with
+Not in this config (yet): freezing the whitening bias after 3 epochs (it
+trains throughout; `--config.optimizer.freeze_params=whiten/bias
+--config.optimizer.freeze_after_epochs=3` freezes it).
+
+Compute is `half_precision="auto"`: bf16 where the device has it natively,
+as airbench's fp16 on GPU (with oneDNN convolutions on a CPU with
 AVX512-BF16 or AMX a step is about 1.4x faster than in float32: 697 -> 507 ms
 at batch 256 on the 2-core development CPU), float32 on CPUs without (AVX2),
 where bf16 would be slower. The README's speed-run figures say which.
