@@ -171,16 +171,16 @@ def torch_environment(malloc: str) -> dict[str, str]:
   return env
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  cli.parse_own_flags(FLAGS, argv, "scripts/compare_torch.py", __doc__)
-  args = FLAGS
-
-  if args.isa:
-    os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa  # before oneDNN loads, here and in children
+def settle_machine(isa: str | None, torch_mode: str = "best"):
+  """Sets ONEDNN_MAX_CPU_ISA (before oneDNN loads, here and in the children),
+  prints the CPU line every measurement starts with, and returns the machine
+  and PyTorch's mode ("best": bf16_cl where the CPU has native bf16, else
+  fp32_cl)."""
+  if isa:
+    os.environ["ONEDNN_MAX_CPU_ISA"] = isa
   from cifar_jax import precision  # pylint: disable=import-outside-toplevel
 
   machine = precision.Machine.detect()
-  torch_mode = args.torch_mode
   if torch_mode == "best":
     torch_mode = "bf16_cl" if machine.native_bf16 else "fp32_cl"
   print(
@@ -188,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}",
     flush=True,
   )
+  return machine, torch_mode
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  cli.parse_own_flags(FLAGS, argv, "scripts/compare_torch.py", __doc__)
+  args = FLAGS
+  machine, torch_mode = settle_machine(args.isa, args.torch_mode)
   backends = args.conv_backends
   torch_env = torch_environment(args.torch_malloc)
   ratios: dict[tuple[str, str], list[float]] = {(m, b): [] for m in args.models for b in backends}

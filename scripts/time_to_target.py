@@ -82,19 +82,10 @@ def time_to_target(img_per_s: float, epochs: float, examples: int) -> tuple[floa
 def main(argv: Sequence[str] | None = None) -> None:
   cli.parse_own_flags(FLAGS, argv, "scripts/time_to_target.py", __doc__)
   args = FLAGS
-  if args.isa:
-    os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa  # before oneDNN loads, here and in children
+  _, torch_mode = compare_torch.settle_machine(args.isa)
   from cifar_jax import benchmark  # pylint: disable=import-outside-toplevel
-  from cifar_jax import precision  # pylint: disable=import-outside-toplevel
 
-  machine = precision.Machine.detect()
-  torch_mode = "bf16_cl" if machine.native_bf16 else "fp32_cl"
   jax_batch = args.jax_batch or benchmark.model_config(args.jax_config).batch_size
-  print(
-    f"# CPU: {machine.cpu_isa}, native bf16: {machine.native_bf16}; "
-    f"ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}",
-    flush=True,
-  )
   ratios = []
   for round_index in range(args.rounds):
     jax_row = compare_torch._run_json_lines(
