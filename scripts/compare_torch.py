@@ -62,16 +62,22 @@ DEFAULT_TORCH_ZOO_SCRIPT = os.path.join(HERE, "torch_zoo_bench.py")
 # The networks that ../shared/bench/torch_reference.py defines.
 SHARED_REFERENCE_MODELS = ("resnet18", "my_cnn", "speedrun")
 
+
+def define_torch_flags(flag_values: flags.FlagValues) -> None:
+  """--torch_python and --torch_script, as every script that times PyTorch takes them."""
+  flags.DEFINE_string(
+    "torch_python",
+    os.path.expanduser("~/.venvs/torchref/bin/python"),
+    "A Python with torch installed.",
+    flag_values=flag_values,
+  )
+  flags.DEFINE_string(
+    "torch_script", DEFAULT_TORCH_SCRIPT, "PyTorch's benchmark script.", flag_values=flag_values
+  )
+
+
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-  "torch_python",
-  os.path.expanduser("~/.venvs/torchref/bin/python"),
-  "A Python with torch installed.",
-  flag_values=FLAGS,
-)
-flags.DEFINE_string(
-  "torch_script", DEFAULT_TORCH_SCRIPT, "PyTorch's benchmark script.", flag_values=FLAGS
-)
+define_torch_flags(FLAGS)
 flags.DEFINE_string(
   "torch_zoo_script",
   DEFAULT_TORCH_ZOO_SCRIPT,

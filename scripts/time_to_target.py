@@ -44,18 +44,7 @@ def _compare_torch():
 compare_torch = _compare_torch()
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string(
-  "torch_python",
-  os.path.expanduser("~/.venvs/torchref/bin/python"),
-  "A Python with torch installed.",
-  flag_values=FLAGS,
-)
-flags.DEFINE_string(
-  "torch_script",
-  compare_torch.DEFAULT_TORCH_SCRIPT,
-  "PyTorch's benchmark script.",
-  flag_values=FLAGS,
-)
+compare_torch.define_torch_flags(FLAGS)
 flags.DEFINE_string(
   "jax_config", "speedrun_muon", "cifar_jax/configs/<name>.py to time.", flag_values=FLAGS
 )
