@@ -70,9 +70,12 @@ def random_split(num_examples: int, num_classes: int, seed: int = 0) -> input_pi
   )
 
 
-def benchmark(config: ml_collections.ConfigDict, steps: int = 10) -> dict[str, Any]:
+def benchmark(
+  config: ml_collections.ConfigDict, steps: int = 10, evaluate: bool = True
+) -> dict[str, Any]:
   """One result row (see COLUMNS) for `config` at its `batch_size` (and
-  `eval_batch_size` for the eval step)."""
+  `eval_batch_size` for the eval step; `evaluate=False` skips it, leaving
+  `eval_img_per_s` None: with many TTA views it takes longer than the rest)."""
   batch = config.batch_size
   split = random_split(batch * BATCHES_OF_DATA, config.dataset.num_classes)
   run = run_lib.build_run(config, num_train_examples=len(split))
@@ -105,13 +108,15 @@ def benchmark(config: ml_collections.ConfigDict, steps: int = 10) -> dict[str, A
 
   train_s = _timed(run_steps, 1) / steps
 
-  evaluator = run.evaluator(split, holder["state"], data=data)
-  eval_s = _timed(lambda: evaluator.run(holder["state"]), 1)
+  eval_img_per_s = None
+  if evaluate:
+    evaluator = run.evaluator(split, holder["state"], data=data)
+    eval_img_per_s = round(len(split) / _timed(lambda: evaluator.run(holder["state"]), 1), 1)
   return {
     "model": config.model.name,
     "batch": batch,
     "img_per_s": round(batch / train_s, 1),
-    "eval_img_per_s": round(len(split) / eval_s, 1),
+    "eval_img_per_s": eval_img_per_s,
     "compile_s": round(compile_s, 2),
     "input_img_per_s": round(batch / input_s, 1),
     "devices": run.par.num_devices,

@@ -44,6 +44,9 @@ flags.DEFINE_string(
   'Persistent XLA cache (default: the config\'s; "" turns it off).',
   flag_values=FLAGS,
 )
+flags.DEFINE_bool(
+  "eval", True, "Also time the eval step (with the config's TTA).", flag_values=FLAGS
+)
 flags.DEFINE_bool("json", False, "One JSON line per model instead of a table.", flag_values=FLAGS)
 
 
@@ -61,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if FLAGS.compilation_cache_dir is not None:
       config.compilation_cache_dir = FLAGS.compilation_cache_dir
     try:
-      rows.append(benchmark.benchmark(config, FLAGS.steps))
+      rows.append(benchmark.benchmark(config, FLAGS.steps, evaluate=FLAGS.eval))
     except ValueError as e:  # the config check's or the compute choice's message
       raise SystemExit(f"scripts/benchmark.py: error: {e}") from None
     if FLAGS.json:

@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"--models={model}",
           f"--batch={args.batch}",
           f"--steps={args.steps}",
+          "--noeval",  # only the train step is compared
           "--json",
           f"--conv_backend={backend}",
         ]

@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"--batch={jax_batch}",
         f"--steps={args.steps}",
         "--half_precision=auto",
+        "--noeval",  # only the train step counts here
         "--json",
       ]
     )[0]

@@ -85,6 +85,13 @@ def test_benchmark_table_and_bf16(benchmark_script, compile_cache):
   assert row.split()[0] == "lenet5" and "bfloat16" in row.split()
 
 
+def test_benchmark_without_eval_times_only_the_train_step(benchmark_script, compile_cache):
+  argv = ["--models=lenet5", "--batch=8", "--steps=1", "--noeval", "--json"]
+  out = _stdout_of(benchmark_script.main, [*argv, f"--compilation_cache_dir={compile_cache}"])
+  (row,) = [json.loads(line) for line in out.splitlines()]
+  assert row["eval_img_per_s"] is None and row["img_per_s"] > 0
+
+
 def test_compare_torch_reports_the_ratio_of_the_two_measurements(tmp_path, monkeypatch):
   """Both sides are stubbed: what is tested is that each round runs both
   back to back and divides JAX's images/s by PyTorch's."""
