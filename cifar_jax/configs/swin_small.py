@@ -1,6 +1,6 @@
 """Swin-S: Swin-T's recipe with stochastic depth 0.2 and half the peak lr.
 
-`:budget` (configs/base.py `budget_transformer`): 3 epochs, AdamW one-cycle to
+`:budget` (configs/base.py `budget_transformer`): 2 epochs, AdamW one-cycle to
 1e-3, crop+flip only.
 """
 
@@ -17,4 +17,4 @@ def get_config(variant: str | None = None):
 
 
 def budget(config):
-  return base.budget_transformer(config, num_epochs=3, learning_rate=1e-3)
+  return base.budget_transformer(config, num_epochs=2, learning_rate=1e-3)

@@ -1,8 +1,8 @@
 """Swin-T (patch 2, window 4) from scratch: the transformer recipe of
 configs/base.py with stochastic depth 0.1 and gradient clipping 5.0.
 
-`:budget` (configs/base.py `budget_transformer`): 5 epochs, AdamW one-cycle to
-2e-3, crop+flip only.
+`:budget` (configs/base.py `budget_transformer`): 4 epochs (~31 images/s
+on the 2-core Zen 3), AdamW one-cycle to 2e-3, crop+flip only.
 """
 
 from cifar_jax.configs import base
@@ -16,4 +16,4 @@ def get_config(variant: str | None = None):
 
 
 def budget(config):
-  return base.budget_transformer(config, num_epochs=5, learning_rate=2e-3)
+  return base.budget_transformer(config, num_epochs=4, learning_rate=2e-3)

@@ -1,6 +1,6 @@
 """ViT-Small: ViT-Tiny's recipe at twice the width, with half the peak lr.
 
-`:budget` (configs/base.py `budget_transformer`): 2 epochs, AdamW one-cycle to
+`:budget` (configs/base.py `budget_transformer`): 1 epoch, AdamW one-cycle to
 1e-3, crop+flip only.
 """
 
@@ -16,4 +16,4 @@ def get_config(variant: str | None = None):
 
 
 def budget(config):
-  return base.budget_transformer(config, num_epochs=2, learning_rate=1e-3)
+  return base.budget_transformer(config, num_epochs=1, learning_rate=1e-3)
