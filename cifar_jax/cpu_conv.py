@@ -20,7 +20,7 @@ is settled before compiling by `cifar_jax.precision`, from what this module
 reports of the machine: whether the extension loads (`available`), the
 instruction set oneDNN dispatches to (`cpu_isa`, which honours
 ONEDNN_MAX_CPU_ISA) and whether it can create the primitives of a dtype
-(`supports`). Convolutions oneDNN does not cover here (grouped or dilated
+(`supports`). Convolutions oneDNN does not cover here (dilated or batch-grouped
 ones, mixed dtypes, other layouts) always go to `lax.conv_general_dilated`.
 
 The extension is used only under the jaxlib it was compiled against (its FFI
@@ -188,7 +188,10 @@ def _covered(
     return False
   if preferred_element_type is not None and preferred_element_type != lhs.dtype:
     return False
-  if feature_group_count != 1 or batch_group_count != 1:
+  if batch_group_count != 1 or feature_group_count < 1:
+    return False
+  # Grouped (depthwise at one input channel per group): oneDNN's 5-D weights.
+  if lhs.shape[3] != rhs.shape[2] * feature_group_count or rhs.shape[3] % feature_group_count:
     return False
   if any(d != 1 for d in (lhs_dilation or ())) or any(d != 1 for d in (rhs_dilation or ())):
     return False

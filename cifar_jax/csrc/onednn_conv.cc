@@ -7,7 +7,10 @@
 //   OnednnConvBackwardData(dy, w) -> dx
 //   OnednnConvBackwardWeights(x, dy) -> dw
 // Activations are NHWC and kernels HWIO, all float32 or all bfloat16 (which
-// oneDNN accumulates in float32), no dilation, one group.
+// oneDNN accumulates in float32), no dilation. A kernel with fewer input
+// channels than the activations is grouped (depthwise when it has one):
+// groups = input channels / kernel input channels, as XLA's
+// feature_group_count.
 // Attributes: stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right.
 //
 // The module is also a Python extension (cifar_jax._onednn_conv) whose
@@ -54,10 +57,16 @@ struct Geometry {
   int64_t oh, ow;      // output spatial size
   int64_t stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right;
   Type type;
+  int64_t groups = 1;
 
   memory::desc Activations() const { return memory::desc({n, c, h, w}, type, Tag::nhwc); }
   memory::desc Output() const { return memory::desc({n, o, oh, ow}, type, Tag::nhwc); }
-  memory::desc Weights(Tag tag) const { return memory::desc({o, c, kh, kw}, type, tag); }
+  // Grouped weights are 5-D (g, o/g, i/g, h, w); HWIO with O = (g, o/g) is hwigo.
+  memory::desc Weights(Tag tag) const {
+    if (groups == 1) return memory::desc({o, c, kh, kw}, type, tag);
+    return memory::desc({groups, o / groups, c / groups, kh, kw}, type, tag);
+  }
+  memory::desc UserWeights() const { return Weights(groups == 1 ? Tag::hwio : Tag::hwigo); }
   memory::dims Strides() const { return {stride_h, stride_w}; }
   memory::dims PadLow() const { return {pad_top, pad_left}; }
   memory::dims PadHigh() const { return {pad_bottom, pad_right}; }
@@ -66,7 +75,7 @@ struct Geometry {
     std::string key = std::to_string(static_cast<int>(direction)) + "," +
                       std::to_string(static_cast<int>(type));
     for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, stride_h, stride_w, pad_top,
-                      pad_left, pad_bottom, pad_right}) {
+                      pad_left, pad_bottom, pad_right, groups}) {
       key += "," + std::to_string(v);
     }
     return key;
@@ -92,7 +101,7 @@ dnnl::primitive_attr UserScratchpad() {
 
 std::shared_ptr<Plan> MakePlan(Direction direction, const Geometry& g) {
   auto plan = std::make_shared<Plan>();
-  const memory::desc user_weights = g.Weights(Tag::hwio);
+  const memory::desc user_weights = g.UserWeights();
   const memory::desc any_weights = g.Weights(Tag::any);
   // The backward primitives take the forward one as a hint.
   dnnl::convolution_forward::primitive_desc forward(
@@ -178,7 +187,7 @@ ffi::Error Run(Direction direction, const Geometry& g, void* activations, void* 
   try {
     auto plan = GetPlan(direction, g);
     dnnl::stream stream(Engine());
-    memory user_weights(g.Weights(Tag::hwio), Engine(), weights);
+    memory user_weights(g.UserWeights(), Engine(), weights);
     memory primitive_weights =
         plan->reorder_weights
             ? memory(plan->weights, Engine(), ThreadBuffer(Slot::kWeights, plan->weights.get_size()))
@@ -231,9 +240,14 @@ ffi::ErrorOr<Geometry> MakeGeometry(const Buffer& x, const Buffer& w, const Buff
     return ffi::Unexpected(
         ffi::Error::InvalidArgument("oneDNN convolution: operands must be 4-D"));
   }
+  if (wd[2] <= 0 || xd[3] % wd[2] != 0 || wd[3] % (xd[3] / wd[2]) != 0) {
+    return ffi::Unexpected(ffi::Error::InvalidArgument(
+        "oneDNN convolution: the input channels must be a multiple of the kernel's, "
+        "and the output channels of the groups"));
+  }
   return Geometry{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], yd[1], yd[2],
                   stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right,
-                  dtype == ffi::DataType::F32 ? Type::f32 : Type::bf16};
+                  dtype == ffi::DataType::F32 ? Type::f32 : Type::bf16, xd[3] / wd[2]};
 }
 
 ffi::Error Forward(Buffer x, Buffer w, Result y, int64_t sh, int64_t sw, int64_t pt,
