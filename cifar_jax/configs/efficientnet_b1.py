@@ -1,6 +1,6 @@
 """EfficientNet-B1: EfficientNet-B0's recipe (B1 is B0 with depth x1.1).
 
-`:budget`: efficientnet_b0's, 6 epochs.
+`:budget`: efficientnet_b0's, 3 epochs.
 """
 
 from cifar_jax.configs import base
@@ -15,5 +15,5 @@ def get_config(variant: str | None = None):
 
 def budget(config):
   config = efficientnet_b0.budget(config)
-  config.num_epochs = 6
+  config.num_epochs = 3
   return config

@@ -1,7 +1,8 @@
 """MobileNetV2 with CIFAR strides: SGD 0.1, wd 5e-4 (4e-5 on ImageNet is too weak
 for CIFAR), cosine, 200 epochs.
 
-`:budget` (configs/base.py `budget_convnet`): 10 epochs, one-cycle to lr 0.2,
+`:budget` (configs/base.py `budget_convnet`): 7 epochs (~60 images/s on the
+2-core Zen 3), one-cycle to lr 0.2,
 no dropout.
 """
 
@@ -19,4 +20,4 @@ def get_config(variant: str | None = None):
 
 def budget(config):
   config.model.dropout_rate = 0.0
-  return base.budget_convnet(config, num_epochs=10, learning_rate=0.2)
+  return base.budget_convnet(config, num_epochs=7, learning_rate=0.2)
