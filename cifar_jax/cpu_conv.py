@@ -110,7 +110,7 @@ def cpu_isa() -> str | None:
 @functools.cache
 def supports(dtype: str) -> bool:
   """Whether oneDNN can create the forward and both backward convolution
-  primitives for `dtype` ("f32" or "bf16") on this CPU."""
+  primitives, dense and depthwise, for `dtype` ("f32" or "bf16") on this CPU."""
   return available() and bool(_extension.supports(dtype))
 
 

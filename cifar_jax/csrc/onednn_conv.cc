@@ -274,14 +274,19 @@ ffi::Error BackwardWeights(Buffer x, Buffer dy, Result dw, int64_t sh, int64_t s
 }
 
 // Whether oneDNN can create the forward, backward-data and backward-weights
-// primitives for `type` on this CPU (e.g. bf16 on a CPU without AVX-512 it
+// primitives, dense and depthwise, for `type` on this CPU (e.g. bf16 on a CPU without AVX-512 it
 // cannot): asked once at start-up so that a run never fails in a step.
 bool Supports(Type type) {
-  const Geometry g{2, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1, type};
+  // A dense and a depthwise convolution (16 groups of one channel): oneDNN's
+  // kernels for the two are different, and a run may need both.
+  const Geometry dense{2, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1, type};
+  const Geometry depthwise{2, 8, 8, 16, 3, 3, 16, 8, 8, 1, 1, 1, 1, 1, 1, type, 16};
   try {
-    for (Direction d : {Direction::kForward, Direction::kBackwardData,
-                        Direction::kBackwardWeights}) {
-      MakePlan(d, g);
+    for (const Geometry& g : {dense, depthwise}) {
+      for (Direction d : {Direction::kForward, Direction::kBackwardData,
+                          Direction::kBackwardWeights}) {
+        MakePlan(d, g);
+      }
     }
   } catch (const dnnl::error&) {
     return false;
