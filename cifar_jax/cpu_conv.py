@@ -203,18 +203,22 @@ def _covered(
 def _dispatch(
   lhs,
   rhs,
-  window_strides,
+  window_strides: Sequence[int],
   padding,
-  lhs_dilation,
-  rhs_dilation,
-  dimension_numbers,
-  feature_group_count,
-  batch_group_count,
-  precision,
-  preferred_element_type,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count: int = 1,
+  batch_group_count: int = 1,
+  precision=None,
+  preferred_element_type=None,
   *,
   bf16_in_fp32: bool,
 ):
+  """`lax.conv_general_dilated`, run by oneDNN where covered. With
+  `bf16_in_fp32`, bfloat16 convolutions are computed in float32 and rounded
+  back to bfloat16: what a bf16 convolution with float32 accumulation
+  computes, on CPUs where oneDNN cannot create bf16 primitives."""
   if not available():  # registers the handlers, once
     raise RuntimeError(f"oneDNN convolutions are unavailable: {_load_error}")
   if _covered(
@@ -258,66 +262,10 @@ def _dispatch(
   )
 
 
-def onednn_conv_general_dilated(
-  lhs,
-  rhs,
-  window_strides: Sequence[int],
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count: int = 1,
-  batch_group_count: int = 1,
-  precision=None,
-  preferred_element_type=None,
-):
-  """`lax.conv_general_dilated`, run by oneDNN in the operands' dtype where covered."""
-  return _dispatch(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-    bf16_in_fp32=False,
-  )
-
-
-def onednn_fp32_conv_general_dilated(
-  lhs,
-  rhs,
-  window_strides: Sequence[int],
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count: int = 1,
-  batch_group_count: int = 1,
-  precision=None,
-  preferred_element_type=None,
-):
-  """As `onednn_conv_general_dilated`, but bfloat16 convolutions are computed in
-  float32 and rounded back to bfloat16: what a bf16 convolution with float32
-  accumulation computes, on CPUs where oneDNN cannot create bf16 primitives."""
-  return _dispatch(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    precision,
-    preferred_element_type,
-    bf16_in_fp32=True,
-  )
+# Drop-in replacements for `lax.conv_general_dilated` (same arguments): in the
+# operands' dtype, and with bf16 computed in float32 (see `_dispatch`).
+onednn_conv_general_dilated = functools.partial(_dispatch, bf16_in_fp32=False)
+onednn_fp32_conv_general_dilated = functools.partial(_dispatch, bf16_in_fp32=True)
 
 
 # The convolution implementations a model can be given, by the name
