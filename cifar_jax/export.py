@@ -261,11 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       file=sys.stderr,
     )
     meta_path = export(trained, FLAGS.format, FLAGS.out, tta=FLAGS.tta, platforms=FLAGS.platforms)
-  except (
-    predict.PredictError,
-    checkpoint.NoCheckpointError,
-    checkpoint.CheckpointMismatchError,
-  ) as e:
+  except predict.USER_ERRORS as e:
     sys.exit(f"{PROG}: error: {e}")
   print(f"Wrote {FLAGS.out} and {meta_path}", file=sys.stderr)
   return 0

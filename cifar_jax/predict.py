@@ -73,6 +73,11 @@ class PredictError(ValueError):
   what to change."""
 
 
+# What loading a trained workdir may raise with a message saying what to fix:
+# predict and export print these as one `prog: error: ...` line.
+USER_ERRORS = (PredictError, checkpoint.NoCheckpointError, checkpoint.CheckpointMismatchError)
+
+
 # ---- the trained model ----------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Trained:
@@ -412,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   inputs = cli.parse_own_flags(FLAGS, argv, PROG, __doc__)
   try:
     return _main(inputs)
-  except (PredictError, checkpoint.NoCheckpointError, checkpoint.CheckpointMismatchError) as e:
+  except USER_ERRORS as e:
     sys.exit(f"{PROG}: error: {e}")
 
 
