@@ -13,6 +13,7 @@ import re
 import ml_collections
 
 from cifar_jax import augment
+from cifar_jax import data_filter
 from cifar_jax import distributed
 from cifar_jax import models
 from cifar_jax import optim
@@ -143,6 +144,7 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
     profiling.parse_steps(config.get("profile_steps"))
   except ValueError as e:
     errors.append(str(e))
+  errors += data_filter.config_errors(config, num_devices)
   if "distributed" in config:  # configs saved before it existed
     errors += distributed.config_errors(config)
   return errors

@@ -196,6 +196,22 @@ def alternating_flips(indices: np.ndarray, num_examples: int, seed: int, epoch: 
   return first_side[indices] ^ bool(epoch % 2)
 
 
+def epoch_batches(
+  num_examples: int,
+  batch_size: int,
+  seed: int,
+  epoch: int,
+  alternating_flip: bool,
+  weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """The `train_index_plan` of `epoch` and, with `alternating_flip`, its
+  flips (else None): what the train loop, and the data filter's proxy ahead
+  of it, gather each step's batch by."""
+  plan = train_index_plan(num_examples, batch_size, seed, epoch, weights)
+  flips = alternating_flips(plan, num_examples, seed, epoch) if alternating_flip else None
+  return plan, flips
+
+
 def mining_weights(
   losses: np.ndarray, power: float = 1.0, uniform_fraction: float = 0.5
 ) -> np.ndarray:

@@ -21,7 +21,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return max(num_examples // batch_size, 1)
 
 
-def epochs_to_steps(epochs: float, steps_in_epoch: int) -> int:
+def epochs_to_steps(epochs: float, steps_in_epoch: float) -> int:
   return int(round(epochs * steps_in_epoch))
 
 
@@ -35,7 +35,7 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
 
 
 def create_learning_rate_fn(
-  config: ml_collections.ConfigDict, steps_in_epoch: int
+  config: ml_collections.ConfigDict, steps_in_epoch: float
 ) -> optax.Schedule:
   s = config.schedule
   peak = peak_learning_rate(config)
@@ -188,7 +188,7 @@ def muon_for_kernels(
 
 
 def create_optimizer(
-  config: ml_collections.ConfigDict, steps_in_epoch: int
+  config: ml_collections.ConfigDict, steps_in_epoch: float
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns the optimizer and its learning-rate schedule.
 

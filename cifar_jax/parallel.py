@@ -150,6 +150,40 @@ class DataParallel:
 
     return step, time.perf_counter() - start
 
+  def compile_proxy(self, proxy_step: Callable, state, batch, rng) -> tuple[Callable, float]:
+    """`compile_train` for the data filter's `proxy_step(state, batch, rng) ->
+    (state, keep)`: the compiled step returns `keep` as host numpy of shape
+    (devices, k), the rows each device's share of the batch keeps."""
+    start = time.perf_counter()
+    n = self.num_devices
+    if self.mode == "jit":
+      compiled = (
+        jax.jit(proxy_step, donate_argnums=0, out_shardings=self.replicated)
+        .lower(state, batch, rng)
+        .compile()
+      )
+
+      def step(state, batch, rng):
+        state, keep = compiled(state, batch, rng)
+        return state, np.asarray(keep.addressable_data(0)).reshape(n, -1)
+
+      return step, time.perf_counter() - start
+    compiled = (
+      jax.pmap(proxy_step, axis_name=PMAP_AXIS, in_axes=(0, 0, None))
+      .lower(state, batch, rng)
+      .compile()
+    )
+
+    def pmap_step(state, batch, rng):
+      state, keep = compiled(state, batch, rng)
+      return state, np.asarray(_whole(keep)).reshape(n, -1)
+
+    return pmap_step, time.perf_counter() - start
+
+  def put_rows(self, rows: np.ndarray) -> jax.Array:
+    """Host (devices, k) row indices -> each device's k (see steps.select_rows)."""
+    return jax.device_put(rows, self.sharded)
+
   def compile_eval(self, eval_step: Callable, state, batch) -> tuple[Callable, float]:
     """AOT-compiles `eval_step(state, batch) -> (metrics, per_example)`; each
     per-example output comes back as one (global_batch,) array in both modes."""

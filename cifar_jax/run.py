@@ -28,6 +28,7 @@ import optax
 
 from cifar_jax import augment
 from cifar_jax import config_checks
+from cifar_jax import data_filter
 from cifar_jax import evaluator as evaluator_lib
 from cifar_jax import input_pipeline
 from cifar_jax import models
@@ -188,6 +189,25 @@ class Run:
     """gather(data, indices, flips=None) -> a batch in the steps' layout."""
     return self.par.make_gather()
 
+  def train_batch(
+    self,
+    data: dict[str, jax.Array],
+    indices: np.ndarray,
+    flips: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
+  ) -> dict[str, jax.Array]:
+    """The batch of `indices` (and `flips`) as the compiled train step takes
+    it. With data filtering on, `rows` (devices, k) are the ones the proxy
+    kept (`data_filter.selection`); left out (a benchmark, the compile) the
+    first k of each device's share stand in."""
+    batch = self.gather(data, indices, flips)
+    if data_filter.enabled(self.config):
+      if rows is None:
+        k = data_filter.keep_per_device(self.config, self.par.num_devices)
+        rows = np.tile(np.arange(k, dtype=np.int32), (self.par.num_devices, 1))
+      batch["keep"] = self.par.put_rows(rows)
+    return batch
+
   def place(self, state: steps.TrainState) -> steps.TrainState:
     return self.par.replicate(state)
 
@@ -224,9 +244,30 @@ class Run:
       lookahead_decay_fn=optim.lookahead_decay_fn(c, self.steps_in_epoch),
       axis_name=self.par.axis_name,
     )
-    example_batch = self.gather(data, np.zeros(c.batch_size, np.int32))
+    example_batch = self.train_batch(data, np.zeros(c.batch_size, np.int32))
     example_rng = jax.random.fold_in(self.state.rng, 0)  # a step key's shape and dtype
     return self.par.compile_train(step_fn, state, example_batch, example_rng)
+
+  def compile_proxy(
+    self, state: steps.TrainState, data: dict[str, jax.Array]
+  ) -> tuple[Callable, float]:
+    """For the proxy run of a data filter (`data_filter.proxy_config`):
+    `steps.proxy_step` compiled like `compile_train`; the step returns the
+    (devices, k) rows it kept, on the host."""
+    c = self.config
+    step_fn = functools.partial(
+      steps.proxy_step,
+      keep_per_part=data_filter.keep_per_device(c, self.par.num_devices),
+      parts=1 if self.par.mode == "pmap" else self.par.num_devices,
+      train_every=c.data_filter.proxy_train_every,
+      augment_fn=self.augment_fn,
+      num_classes=c.dataset.num_classes,
+      label_smoothing=c.label_smoothing,
+      axis_name=self.par.axis_name,
+    )
+    example_batch = self.gather(data, np.zeros(c.batch_size, np.int32))
+    example_rng = jax.random.fold_in(self.state.rng, 0)
+    return self.par.compile_proxy(step_fn, state, example_batch, example_rng)
 
   def evaluator(
     self,
@@ -255,6 +296,7 @@ def build_run(
   num_train_examples: int | None = None,
   init_images: np.ndarray | None = None,
   layout: Layout | None = None,
+  updates_every: int = 1,
 ) -> Run:
   """Assembles `config`'s run (see the module docstring).
 
@@ -262,6 +304,8 @@ def build_run(
   evaluation, where only the optimizer's state structure matters);
   `init_images` feed a data-dependent initialisation; `layout` is chosen
   here unless given (callers that choose it before loading data pass it).
+  `updates_every` sizes the schedule for an optimizer step every that many
+  steps (a data filter's proxy).
   """
   layout = layout or choose_layout(config)
   model = create_model(config, layout.compute, layout.par.axis_name)
@@ -270,7 +314,8 @@ def build_run(
     if num_train_examples is None
     else optim.steps_per_epoch(num_train_examples, config.batch_size)
   )
-  tx, learning_rate_fn = optim.create_optimizer(config, steps_in_epoch)
+  updates_in_epoch = steps_in_epoch if updates_every == 1 else steps_in_epoch / updates_every
+  tx, learning_rate_fn = optim.create_optimizer(config, updates_in_epoch)
   state = create_train_state(config, model, tx, init_images=init_images)
   return Run(
     config=config,

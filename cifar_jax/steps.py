@@ -1,7 +1,8 @@
 """The train state and the pure steps: one optimizer step, one evaluation batch.
 
-`train_step(state, batch, rng) -> (state, metrics)` and
-`eval_step(state, batch) -> (metrics, per_example)` are module-level pure
+`train_step(state, batch, rng) -> (state, metrics)`,
+`eval_step(state, batch) -> (metrics, per_example)` and the data filter's
+`proxy_step(state, batch, rng) -> (state, keep)` are module-level pure
 functions; `run.build_run` binds their options from the config and
 `parallel.DataParallel` compiles them once for jit or pmap. Batches carry
 uint8 images: augmentation and normalisation happen inside the step, on the
@@ -80,6 +81,11 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch {'image': uint8 (B,H,W,C), 'label': (B,)}.
 
+  A batch may also hold 'keep' (data filtering, see data_filter.py): the rows
+  that `proxy_step` kept. The whole batch is augmented first, with the same
+  key as the proxy's step, so the rows trained on are exactly the images the
+  proxy scored.
+
   With `ema_decay`, `state.ema` follows the weights (and BatchNorm
   statistics) as an exponential moving average. With `lookahead_every`
   (airbench94's lookahead), every that many steps `state.ema` (the slow
@@ -98,6 +104,8 @@ def train_step(
   images, targets = training_inputs(
     aug_rng, batch, augment_fn=augment_fn, num_classes=num_classes, label_smoothing=label_smoothing
   )
+  if "keep" in batch:
+    images, targets, labels = (select_rows(x, batch["keep"]) for x in (images, targets, labels))
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
@@ -137,6 +145,75 @@ def train_step(
   if axis_name is not None:
     step_metrics = metrics_lib.reduce_over_devices(step_metrics, axis_name)
   return state, step_metrics
+
+
+def select_rows(x: jax.Array, keep: jax.Array) -> jax.Array:
+  """The rows `keep` of a batch `x`. `keep` is (k,) rows of this device's
+  batch under pmap, or (parts, k) rows of each of `parts` equal consecutive
+  parts of the global batch under jit (each device's share, see `proxy_step`)."""
+  if keep.ndim == 1:
+    return x[keep]
+  parts = keep.shape[0]
+  offsets = jnp.arange(parts, dtype=keep.dtype)[:, None] * (x.shape[0] // parts)
+  return x[(keep + offsets).reshape(-1)]
+
+
+def proxy_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  keep_per_part: int,
+  parts: int,
+  train_every: int,
+  augment_fn: augment.Augment,
+  num_classes: int,
+  label_smoothing: float = 0.0,
+  axis_name: str | None = None,
+) -> tuple[TrainState, jax.Array]:
+  """The data filter's proxy on one batch: which rows a main step trains on.
+
+  Augments the batch exactly as `train_step` does with the same `rng`, runs
+  the proxy in train mode, and keeps the `keep_per_part` examples of highest
+  loss in each of `parts` equal consecutive parts of the batch (one part per
+  device, so that every device trains on as many rows; under pmap the batch
+  is already one device's part). On every `train_every`-th step (`state.step`
+  counts them all) it also takes an optimizer step on the mean loss of the
+  kept examples, as airbench96_faster's proxy: its optimizer is sized in
+  those updates (`run.build_run(updates_every=)`). Returns the state and
+  `keep`, (parts, keep_per_part) row indices within each part.
+  """
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  aug_rng, dropout_rng = jax.random.split(rng)
+  images, targets = training_inputs(
+    aug_rng, batch, augment_fn=augment_fn, num_classes=num_classes, label_smoothing=label_smoothing
+  )
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+      {"params": params, "batch_stats": state.batch_stats},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout_rng},
+    )
+    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    scores = jax.lax.stop_gradient(losses).reshape(parts, -1)
+    keep = jax.lax.top_k(scores, keep_per_part)[1].astype(jnp.int32)
+    return select_rows(losses, keep).mean(), (keep, updates.get("batch_stats", {}))
+
+  def update(state):
+    grads, (keep, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), keep
+
+  def score(state):
+    _, (keep, batch_stats) = loss_fn(state.params)
+    return state.replace(step=state.step + 1, batch_stats=batch_stats), keep
+
+  return jax.lax.cond(state.step % train_every == 0, update, score, state)
 
 
 def _lookahead_sync(

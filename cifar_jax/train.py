@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import checkpoint
+from cifar_jax import data_filter
 from cifar_jax import distributed
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
@@ -157,7 +158,19 @@ def _train_and_evaluate(
   state = run.place(state)
 
   train_data = run.put_split(train_split)
-  gather = run.gather
+  kept_rows = None
+  if data_filter.enabled(config) and step < steps_in_epoch * config.num_epochs:
+    proxy_run = run_lib.build_run(
+      data_filter.proxy_config(config),
+      num_train_examples=len(train_split),
+      layout=layout,
+      init_images=train_split.images[: run_lib.DATA_INIT_IMAGES],
+      updates_every=config.data_filter.proxy_train_every,
+    )
+    kept_rows = data_filter.selection(
+      proxy_run, config, workdir, train_data, len(train_split), base_rng
+    )
+    del proxy_run
   p_train_step, compile_s = run.compile_train(state, train_data)
   evaluators = []
   if eval_split is not None:
@@ -197,13 +210,8 @@ def _train_and_evaluate(
           weights = input_pipeline.mining_weights(
             losses, config.hard_mining.power, config.hard_mining.uniform_fraction
           )
-        plan = input_pipeline.train_index_plan(
-          len(train_split), config.batch_size, config.seed, epoch, weights
-        )
-        flips = (
-          input_pipeline.alternating_flips(plan, len(train_split), config.seed, epoch)
-          if config.alternating_flip
-          else None
+        plan, flips = input_pipeline.epoch_batches(
+          len(train_split), config.batch_size, config.seed, epoch, config.alternating_flip, weights
         )
         acc = metrics_lib.Accumulator()
         resumed_mid_epoch = step > epoch * steps_in_epoch
@@ -218,7 +226,12 @@ def _train_and_evaluate(
           initial=step - epoch * steps_in_epoch,
         ) as bar:
           for row in range(step - epoch * steps_in_epoch, steps_in_epoch):
-            batch = gather(train_data, plan[row], None if flips is None else flips[row])
+            batch = run.train_batch(
+              train_data,
+              plan[row],
+              None if flips is None else flips[row],
+              None if kept_rows is None else kept_rows[step],
+            )
             with profiler.step(step):
               state, step_metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
             acc.add(step_metrics)

@@ -63,11 +63,11 @@ class RunLock:
     return False
 
 
-def write_atomically(path: str | Path, text: str) -> None:
-  """Replaces `path` with `text` in one rename, after the data is on disk."""
+def write_atomically(path: str | Path, text: str | bytes) -> None:
+  """Replaces `path` with `text` (or bytes) in one rename, after the data is on disk."""
   path = Path(path)
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
+  with open(tmp, "wb" if isinstance(text, bytes) else "w") as f:
     f.write(text)
     f.flush()
     os.fsync(f.fileno())

@@ -32,6 +32,7 @@ SAME_PATHS_AS = {
   "swin_small": "swin_tiny",
   "vit_small": "vit_tiny",
   "search_resnet_budget": "resnet_budget",
+  "speedrun93": "speedrun",  # its data filter and residual groups run in (a)
 }
 MARK = "=== config "
 MODES = {

@@ -208,3 +208,33 @@ def test_padding_before_pool_computes_exactly_what_the_pool_keeps(size):
     jax.grad(loss(reduced), (0, 1))(x, w), jax.grad(loss(same_then_crop), (0, 1))(x, w)
   ):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_block_depth_3_is_airbench96s_network():
+  """widths 128/384/512 with three convs per group: airbench96's parameter
+  count (convs without bias, BatchNorm biases only, the whitening bias and a
+  bias-free head), and a residual around each group's second and third conv."""
+  from cifar_jax.models import summary
+
+  widths, count = (128, 384, 512), 24 + 10 * 512  # whitening bias, head
+  for cin, cout in zip((24,) + widths[:-1], widths):
+    count += 9 * cin * cout + 2 * 9 * cout * cout + 3 * cout
+  model = models.get_model("speedrun", widths=widths, block_depth=3)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert summary.count_params(variables["params"]) == count == 9_915_416
+
+  # With the third conv's kernel at zero, BatchNorm of its (zero) output is
+  # its bias, so the group returns act(bias + shortcut): the shortcut shows.
+  small = models.get_model("speedrun", widths=(8, 8, 8), block_depth=3)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+  variables = small.init(jax.random.key(0), x)
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, p: jnp.zeros_like(p) if "Conv_2" in jax.tree_util.keystr(path) else p,
+    variables["params"],
+  )
+  _, inter = small.apply(
+    {**variables, "params": params}, x, capture_intermediates=True, mutable=["intermediates"]
+  )
+  group = inter["intermediates"]["ConvGroup_0"]
+  shortcut = jax.nn.gelu(group["BatchNorm_0"]["__call__"][0])
+  np.testing.assert_allclose(group["__call__"][0], jax.nn.gelu(shortcut), rtol=1e-5, atol=1e-6)

@@ -112,6 +112,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.hard_mining.power = 1.0
   config.hard_mining.uniform_fraction = 0.5
 
+  # Proxy-model data filtering (airbench96_faster; cifar_jax/data_filter.py):
+  # a small `proxy_model` ({"name": ...} plus its options, like `model`) runs
+  # over the same batches first and keeps the `keep_fraction` of each with
+  # the highest loss, training every `proxy_train_every` steps; the main
+  # model trains on those only. `proxy_freeze_params` (a regex, as
+  # optimizer.freeze_params) never train in the proxy. name "": off.
+  config.data_filter = ml_collections.ConfigDict()
+  config.data_filter.proxy_model = ml_collections.ConfigDict({"name": ""})
+  config.data_filter.keep_fraction = 0.5
+  config.data_filter.proxy_train_every = 4
+  config.data_filter.proxy_freeze_params = ""
+
   # Persistent XLA compilation cache, so a second run of a config skips most
   # of compilation. "" turns it off.
   config.compilation_cache_dir = "~/.cache/cifar_jax/xla"

@@ -12,6 +12,10 @@ Layout at the defaults (feature map sizes for a 32x32 input)::
 
 1,971,352 trainable parameters (plus the 288 frozen whitening weights).
 
+Larger members of the family are options: ``widths`` (airbench95:
+128/384/384) and ``block_depth=3`` (airbench96: a third conv per group with a
+residual connection, see ``ConvGroup``; 128/384/512 in configs/speedrun93.py).
+
 Patch whitening. The first layer's 2 * 12 filters are the eigenvectors ``v_i``
 of the (uncentred) covariance of all 2x2x3 patches of a sample of training
 images, scaled by ``1 / sqrt(lambda_i + eps)``, and their negations: each
@@ -148,13 +152,19 @@ def padding_before_pool(size: int, pool: int = 2) -> tuple[tuple[int, int], tupl
 
 
 class ConvGroup(nn.Module):
-  """conv 3x3 -> max-pool 2 -> BN -> act -> conv 3x3 -> BN -> act."""
+  """conv 3x3 -> max-pool 2 -> BN -> act -> conv 3x3 -> BN -> act.
+
+  With ``depth=3`` (airbench96's groups) a third conv 3x3 -> BN follows the
+  second, its output is added to the group's first activation (a residual
+  around convs 2 and 3), and the activation comes after the sum.
+  """
 
   features: int
   norm: Any
   act: Any
   dtype: Any = jnp.float32
   conv: layers.ModuleDef = nn.Conv
+  depth: int = 2
 
   @nn.compact
   def __call__(self, x):
@@ -164,9 +174,15 @@ class ConvGroup(nn.Module):
     height, width = x.shape[1:3]
     if height != width:
       raise ValueError(f"ConvGroup expects square feature maps, got {height}x{width}")
+    if self.depth not in (2, 3):
+      raise ValueError(f"a speedrun conv group has depth 2 or 3, not {self.depth}")
     x = conv(padding=padding_before_pool(height))(x)
     x = self.act(self.norm()(layers.max_pool(x, 2)))
-    return self.act(self.norm()(conv(padding=1)(x)))
+    if self.depth == 2:
+      return self.act(self.norm()(conv(padding=1)(x)))
+    shortcut = x
+    x = self.act(self.norm()(conv(padding=1)(x)))
+    return self.act(self.norm()(conv(padding=1)(x)) + shortcut)
 
 
 class SpeedrunNet(nn.Module):
@@ -176,6 +192,7 @@ class SpeedrunNet(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   widths: Sequence[int] = (64, 256, 256)
+  block_depth: int = 2  # convs per group: 2 (airbench94/95) or 3 (airbench96)
   whiten_patch_size: int = 2
   bn_momentum: float = 0.6
   logit_scale: float = 1.0 / 9.0
@@ -201,7 +218,7 @@ class SpeedrunNet(nn.Module):
     )
     conv = layers.conv_module(self.conv_general_dilated)
     for features in self.widths:
-      x = ConvGroup(features, norm, act, self.dtype, conv)(x)
+      x = ConvGroup(features, norm, act, self.dtype, conv, self.block_depth)(x)
     x = jnp.max(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype, kernel_init=_torch_uniform)(x)
     return x * jnp.asarray(self.logit_scale, x.dtype)
