@@ -100,6 +100,11 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
       )
   if config.optimizer.get("freeze_params"):
     check(number("optimizer.freeze_after_epochs") >= 0, "optimizer.freeze_after_epochs", ">= 0")
+    check(
+      config.optimizer.get("freeze_lr", "schedule") in ("schedule", "linear"),
+      "optimizer.freeze_lr",
+      "'schedule' or 'linear'",
+    )
   check(number("optimizer.norm_lr_multiplier") >= 0, "optimizer.norm_lr_multiplier", ">= 0")
   check(0 <= number("schedule.pct_start") < 1, "schedule.pct_start", "in [0, 1)")
   check(number("schedule.div_factor") > 0, "schedule.div_factor", "> 0")

@@ -135,12 +135,31 @@ def norm_mask(params: Any, extra: str = "") -> Any:
   return jax.tree.map(lambda a, b: a or b, norms, path_mask(params, extra))
 
 
-def freeze_after(num_steps: int) -> optax.GradientTransformation:
+def freeze_after(
+  num_steps: int, learning_rate: optax.Schedule | None = None
+) -> optax.GradientTransformation:
   """Passes updates through for the first `num_steps` steps, then zeroes
   them: the parameters stop where they are (airbench's whitening bias, which
   trains for 3 epochs). Chained last, so weight decay stops too, as for a
-  PyTorch parameter with requires_grad=False."""
-  return optax.scale_by_schedule(lambda count: jnp.where(count < num_steps, 1.0, 0.0))
+  PyTorch parameter with requires_grad=False.
+
+  With the run's `learning_rate` schedule given, the updates are rescaled so
+  that these parameters' rate falls linearly from the schedule's first value
+  to 0 at `num_steps` instead of following it (airbench94_muon's whitening
+  bias: lr * (1 - step / its 3 epochs)). Scaling the finished update is
+  scaling that step's lr, momentum and decay included, as PyTorch's SGD does.
+  """
+  if learning_rate is None:
+    return optax.scale_by_schedule(lambda count: jnp.where(count < num_steps, 1.0, 0.0))
+
+  def factor(count):
+    ramp = learning_rate(0) * (1.0 - count / max(num_steps, 1))
+    current = learning_rate(count)
+    return jnp.where(
+      (count < num_steps) & (current > 0), ramp / jnp.where(current > 0, current, 1.0), 0.0
+    )
+
+  return optax.scale_by_schedule(factor)
 
 
 # A convolution kernel (HWIO) as the matrix Muon orthogonalises: (H*W*I) x O.
@@ -250,5 +269,6 @@ def create_optimizer(
   if o.get("freeze_params"):  # else unchanged, so old checkpoints restore
     frozen = lambda params: path_mask(params, o.freeze_params)  # noqa: E731
     num_steps = epochs_to_steps(o.freeze_after_epochs, steps_in_epoch)
-    tx = optax.chain(tx, optax.masked(freeze_after(num_steps), frozen))
+    ramp = o.get("freeze_lr", "schedule") == "linear"
+    tx = optax.chain(tx, optax.masked(freeze_after(num_steps, lr if ramp else None), frozen))
   return tx, lr

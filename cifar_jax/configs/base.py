@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (airbench's whitening bias: 'whiten/bias' after 3 epochs). "": none.
   config.optimizer.freeze_params = ""
   config.optimizer.freeze_after_epochs = 0.0
+  # Their rate until then: "schedule" (the run's) or "linear" (falling from
+  # the schedule's start to 0 at the freeze, as airbench94_muon's whitening bias).
+  config.optimizer.freeze_lr = "schedule"
   # muon: conv kernels take Muon steps (orthogonalised Nesterov momentum) at
   # this peak lr, on the schedule's shape; every other parameter takes the sgd
   # settings above. fixed_norm holds each kernel at norm sqrt(out channels).

@@ -31,8 +31,9 @@ reflect translations, flip+translate TTA, half_precision="auto" (bf16 where nati
 Not in this config (yet): airbench94_muon trains the whitening bias at the
 BatchNorm-bias rate for 3 epochs and then freezes it; here it trains
 throughout at the head's rate. `--config.optimizer.norm_lr_extra_params=whiten/bias
---config.optimizer.freeze_params=whiten/bias --config.optimizer.freeze_after_epochs=3`
-does what airbench does; it becomes the default once measured to help.
+--config.optimizer.freeze_params=whiten/bias --config.optimizer.freeze_after_epochs=3
+--config.optimizer.freeze_lr=linear` does what airbench does (its rate falls
+linearly to 0 over those 3 epochs); it becomes the default once measured to help.
 """
 
 from cifar_jax.configs import speedrun
