@@ -33,6 +33,7 @@ SAME_PATHS_AS = {
   "vit_small": "vit_tiny",
   "search_resnet_budget": "resnet_budget",
   "speedrun93": "speedrun",  # its data filter and residual groups run in (a)
+  "speedrun_muon": "speedrun",  # Muon updates fp32 params whatever the compute
 }
 MARK = "=== config "
 MODES = {
@@ -115,7 +116,9 @@ def _expected_notices(mode: str, compile_cache: str) -> dict[str, str]:
 def _check_mode(mode: str, tmp_path, compile_cache: str) -> None:
   # One device, as a user's run has; two steps need no optimised machine code,
   # and without LLVM's optimisations 19 compilations take a third less time.
-  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0", **MODES[mode][0]}
+  from conftest import FAST_COMPILE_FLAGS  # not at the top: this file is also the child's script
+
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE_FLAGS, **MODES[mode][0]}
   proc = subprocess.run(
     [sys.executable, __file__, mode, str(tmp_path), compile_cache],
     env=env,

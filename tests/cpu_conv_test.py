@@ -17,6 +17,7 @@ import jaxlib
 import models_test
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 from conftest import make_split
 from jax import lax
 from train_test import _run_steps
@@ -258,7 +259,7 @@ def test_every_model_sends_its_plain_convolutions_to_onednn(name):
 def test_the_value_tests_hold_under_avx2_too():
   """oneDNN picks other kernels and accumulation orders per instruction set:
   the same value and gradient tests, in a process limited to AVX2."""
-  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": ""}
+  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": FAST_COMPILE_FLAGS}
   result = subprocess.run(
     [
       sys.executable,

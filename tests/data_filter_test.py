@@ -39,6 +39,7 @@ def _small_config(compile_cache=None):
   config.batch_size = 32
   config.eval_batch_size = 64
   config.log_every_steps = 5
+  config.tta = "none"  # its 10 views would triple the evaluation's compile time
   if compile_cache:
     config.compilation_cache_dir = compile_cache
   return config
@@ -68,10 +69,9 @@ def test_proxy_step_keeps_the_highest_loss_rows_and_trains_every_nth_step():
       label_smoothing=config.label_smoothing,
     )
   )
-  for step in range(5):
-    rng = jax.random.key_data(jax.random.key(step))
-    before = state
-    # The losses the proxy sees: the train step's augmentation with this key.
+
+  @jax.jit
+  def losses_seen(state, rng):  # the train step's augmentation with this key
     images, targets = steps.training_inputs(
       jax.random.split(rng)[0],
       batch,
@@ -79,13 +79,18 @@ def test_proxy_step_keeps_the_highest_loss_rows_and_trains_every_nth_step():
       num_classes=10,
       label_smoothing=config.label_smoothing,
     )
-    logits, _ = before.apply_fn(
-      {"params": before.params, "batch_stats": before.batch_stats},
+    logits, _ = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats},
       images,
       train=True,
       mutable=["batch_stats"],
     )
-    losses = np.asarray(optax.softmax_cross_entropy(logits, targets)).reshape(2, 16)
+    return optax.softmax_cross_entropy(logits, targets)
+
+  for step in range(5):
+    rng = jax.random.key_data(jax.random.key(step))
+    before = state
+    losses = np.asarray(losses_seen(before, rng)).reshape(2, 16)
     state, keep = proxy_step(before, batch, rng)
     keep = np.asarray(keep)
     assert keep.shape == (2, 4)
@@ -178,11 +183,19 @@ def test_filtered_run_trains_on_the_proxys_rows_and_reuses_them_when_resumed(
   assert [r["epoch"] for r in rows] == [1, 2]
 
   # Other proxy settings: the saved choice no longer applies.
-  config.num_epochs = 3
-  config.data_filter.proxy_train_every = 2
-  _, err = _run(config, tmp_path)
-  assert len(proxy_runs) == 2 and "other proxy settings" in err
-  assert np.load(tmp_path / data_filter.SELECTION_FILE)["rows"].shape == (15, 4, 4)
+  path = tmp_path / data_filter.SELECTION_FILE
+  fingerprint = data_filter._fingerprint(config, 160, 4)
+  assert data_filter._load(path, fingerprint, saved.shape) is not None
+  err = io.StringIO()
+  with redirect_stderr(err):
+    config.data_filter.proxy_train_every = 2
+    assert data_filter._load(path, data_filter._fingerprint(config, 160, 4), saved.shape) is None
+    assert data_filter._load(path, fingerprint, (11, 4, 4)) is None
+  assert err.getvalue().count("other proxy settings") == 2
+  path.write_bytes(b"not an npz")
+  with redirect_stderr(err):
+    assert data_filter._load(path, fingerprint, saved.shape) is None
+  assert "unreadable" in err.getvalue()
 
 
 def test_filtered_run_under_pmap_keeps_rows_per_device(tmp_path, compile_cache):

@@ -7,6 +7,7 @@ import sys
 
 import jax.numpy as jnp
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 from conftest import REPO_ROOT
 
 from cifar_jax import cpu_conv
@@ -95,7 +96,7 @@ def test_onednn_max_cpu_isa_avx2_makes_this_machine_a_no_bf16_one():
     "from cifar_jax import precision; m = precision.Machine.detect(); "
     "print(m.cpu_isa, m.native_bf16, m.onednn_f32, m.onednn_bf16)"
   )
-  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": ""}
+  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": FAST_COMPILE_FLAGS}
   out = subprocess.run(
     [sys.executable, "-c", code],
     env=env,

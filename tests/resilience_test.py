@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from conftest import FAST_COMPILE_FLAGS
 
 from cifar_jax import checkpoint
 
@@ -89,7 +90,7 @@ def _train(workdir: str, compile_cache: str, fault: str | None = None) -> None:
 
 
 def _run(workdir, compile_cache, fault=None):
-  env = {**os.environ, "XLA_FLAGS": ""}
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE_FLAGS}
   args = [sys.executable, __file__, str(workdir), compile_cache] + ([fault] if fault else [])
   return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
 

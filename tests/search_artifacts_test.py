@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from conftest import FAST_COMPILE_FLAGS
 from search_fixtures import load_config_file  # noqa: F401 (fixtures)
 
 from cifar_jax import search
@@ -63,7 +64,7 @@ def test_best_config_trains_with_main_from_any_directory(search_config, splits, 
     "with tfds.testing.mock_data(num_examples=40):\n"
     "  runpy.run_module('cifar_jax.main', run_name='__main__', alter_sys=True)\n"
   )
-  env = dict(os.environ, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE_FLAGS, TF_CPP_MIN_LOG_LEVEL="3")
   result = subprocess.run(
     [
       sys.executable,

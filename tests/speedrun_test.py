@@ -1,6 +1,7 @@
 """The speedrun network: data-initialised patch whitening, dirac init, and its
 config trained end to end (with EMA and TTA evaluation) on a tiny split."""
 
+import functools
 import json
 
 import jax
@@ -227,14 +228,13 @@ def test_block_depth_3_is_airbench96s_network():
   # its bias, so the group returns act(bias + shortcut): the shortcut shows.
   small = models.get_model("speedrun", widths=(8, 8, 8), block_depth=3)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
-  variables = small.init(jax.random.key(0), x)
+  variables = jax.jit(small.init)(jax.random.key(0), x)
   params = jax.tree_util.tree_map_with_path(
     lambda path, p: jnp.zeros_like(p) if "Conv_2" in jax.tree_util.keystr(path) else p,
     variables["params"],
   )
-  _, inter = small.apply(
-    {**variables, "params": params}, x, capture_intermediates=True, mutable=["intermediates"]
-  )
+  apply = functools.partial(small.apply, capture_intermediates=True, mutable=["intermediates"])
+  _, inter = jax.jit(apply)({**variables, "params": params}, x)
   group = inter["intermediates"]["ConvGroup_0"]
   shortcut = jax.nn.gelu(group["BatchNorm_0"]["__call__"][0])
   np.testing.assert_allclose(group["__call__"][0], jax.nn.gelu(shortcut), rtol=1e-5, atol=1e-6)
