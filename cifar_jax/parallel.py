@@ -124,25 +124,32 @@ class DataParallel:
     return jax.device_put(batch, self.sharded)
 
   # ---- compilation -----------------------------------------------------------
+  def _compile_step(self, step_fn: Callable, state, batch, rng) -> Callable:
+    """AOT-compiles `step_fn(state, batch, rng) -> (state, out)`: under jit
+    with the state donated and the outputs replicated, under pmap mapped over
+    the devices with the key shared."""
+    if self.mode == "jit":
+      return (
+        jax.jit(step_fn, donate_argnums=0, out_shardings=self.replicated)
+        .lower(state, batch, rng)
+        .compile()
+      )
+    # No donation under pmap: with it, jax 0.10's pmap on CPU intermittently
+    # aborted while reading the returned state (seen once in four CI runs).
+    return (
+      jax.pmap(step_fn, axis_name=PMAP_AXIS, in_axes=(0, 0, None))
+      .lower(state, batch, rng)
+      .compile()
+    )
+
   def compile_train(self, train_step: Callable, state, batch, rng) -> tuple[Callable, float]:
     """AOT-compiles `train_step(state, batch, rng) -> (state, metrics)` with the
     state donated (jit mode). Returns (step, compile seconds); the step's metrics are
     global sums without a device axis in both modes."""
     start = time.perf_counter()
+    compiled = self._compile_step(train_step, state, batch, rng)
     if self.mode == "jit":
-      step = (
-        jax.jit(train_step, donate_argnums=0, out_shardings=self.replicated)
-        .lower(state, batch, rng)
-        .compile()
-      )
-      return step, time.perf_counter() - start
-    # No donation under pmap: with it, jax 0.10's pmap on CPU intermittently
-    # aborted while reading the returned state (seen once in four CI runs).
-    compiled = (
-      jax.pmap(train_step, axis_name=PMAP_AXIS, in_axes=(0, 0, None))
-      .lower(state, batch, rng)
-      .compile()
-    )
+      return compiled, time.perf_counter() - start
 
     def step(state, batch, rng):
       state, metrics = compiled(state, batch, rng)
@@ -155,30 +162,15 @@ class DataParallel:
     (state, keep)`: the compiled step returns `keep` as host numpy of shape
     (devices, k), the rows each device's share of the batch keeps."""
     start = time.perf_counter()
-    n = self.num_devices
-    if self.mode == "jit":
-      compiled = (
-        jax.jit(proxy_step, donate_argnums=0, out_shardings=self.replicated)
-        .lower(state, batch, rng)
-        .compile()
-      )
+    compiled = self._compile_step(proxy_step, state, batch, rng)
+    n, jit = self.num_devices, self.mode == "jit"
 
-      def step(state, batch, rng):
-        state, keep = compiled(state, batch, rng)
-        return state, np.asarray(keep.addressable_data(0)).reshape(n, -1)
-
-      return step, time.perf_counter() - start
-    compiled = (
-      jax.pmap(proxy_step, axis_name=PMAP_AXIS, in_axes=(0, 0, None))
-      .lower(state, batch, rng)
-      .compile()
-    )
-
-    def pmap_step(state, batch, rng):
+    def step(state, batch, rng):
       state, keep = compiled(state, batch, rng)
-      return state, np.asarray(_whole(keep)).reshape(n, -1)
+      keep = keep.addressable_data(0) if jit else _whole(keep)  # replicated / per device
+      return state, np.asarray(keep).reshape(n, -1)
 
-    return pmap_step, time.perf_counter() - start
+    return step, time.perf_counter() - start
 
   def put_rows(self, rows: np.ndarray) -> jax.Array:
     """Host (devices, k) row indices -> each device's k (see steps.select_rows)."""

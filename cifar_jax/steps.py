@@ -66,6 +66,31 @@ def training_inputs(
   return normalize(images), targets
 
 
+def _step_inputs(rng, batch, augment_fn, num_classes, label_smoothing, axis_name):
+  """A train step's augmented inputs and dropout key from its step key. Under
+  pmap each device folds in its index, to augment and drop out differently."""
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  aug_rng, dropout_rng = jax.random.split(rng)
+  images, targets = training_inputs(
+    aug_rng, batch, augment_fn=augment_fn, num_classes=num_classes, label_smoothing=label_smoothing
+  )
+  return images, targets, dropout_rng
+
+
+def _train_mode_losses(state, params, images, targets, dropout_rng):
+  """Per-example losses, logits and updated BatchNorm statistics of `params`."""
+  logits, updates = state.apply_fn(
+    {"params": params, "batch_stats": state.batch_stats},
+    images,
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": dropout_rng},
+  )
+  losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+  return losses, logits, updates.get("batch_stats", {})
+
+
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
@@ -97,26 +122,16 @@ def train_step(
   each device folds its index into the shared step key for its own random
   augmentation and dropout.
   """
-  if axis_name is not None:  # each device augments and drops out differently
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  aug_rng, dropout_rng = jax.random.split(rng)
-  labels = batch["label"]
-  images, targets = training_inputs(
-    aug_rng, batch, augment_fn=augment_fn, num_classes=num_classes, label_smoothing=label_smoothing
+  images, targets, dropout_rng = _step_inputs(
+    rng, batch, augment_fn, num_classes, label_smoothing, axis_name
   )
+  labels = batch["label"]
   if "keep" in batch:
     images, targets, labels = (select_rows(x, batch["keep"]) for x in (images, targets, labels))
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats},
-      images,
-      train=True,
-      mutable=["batch_stats"],
-      rngs={"dropout": dropout_rng},
-    )
-    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-    return losses.mean(), (losses, logits, updates.get("batch_stats", {}))
+    losses, logits, batch_stats = _train_mode_losses(state, params, images, targets, dropout_rng)
+    return losses.mean(), (losses, logits, batch_stats)
 
   grads, (losses, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
@@ -183,25 +198,15 @@ def proxy_step(
   those updates (`run.build_run(updates_every=)`). Returns the state and
   `keep`, (parts, keep_per_part) row indices within each part.
   """
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  aug_rng, dropout_rng = jax.random.split(rng)
-  images, targets = training_inputs(
-    aug_rng, batch, augment_fn=augment_fn, num_classes=num_classes, label_smoothing=label_smoothing
+  images, targets, dropout_rng = _step_inputs(
+    rng, batch, augment_fn, num_classes, label_smoothing, axis_name
   )
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats},
-      images,
-      train=True,
-      mutable=["batch_stats"],
-      rngs={"dropout": dropout_rng},
-    )
-    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    losses, _, batch_stats = _train_mode_losses(state, params, images, targets, dropout_rng)
     scores = jax.lax.stop_gradient(losses).reshape(parts, -1)
     keep = jax.lax.top_k(scores, keep_per_part)[1].astype(jnp.int32)
-    return select_rows(losses, keep).mean(), (keep, updates.get("batch_stats", {}))
+    return select_rows(losses, keep).mean(), (keep, batch_stats)
 
   def update(state):
     grads, (keep, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
