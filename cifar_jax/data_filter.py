@@ -55,7 +55,6 @@ _PROXY_KEYS = (
   "model",
   "optimizer",
   "schedule",
-  "data_filter",
 )
 
 
@@ -123,6 +122,7 @@ def _fingerprint(config: ml_collections.ConfigDict, num_examples: int, num_devic
   settings = {k: proxy.get(k) for k in _PROXY_KEYS}
   settings["num_train_examples"] = num_examples
   settings["num_devices"] = num_devices
+  # The main config's: the proxy's own copy has its proxy_model cleared.
   settings["data_filter"] = config.data_filter.to_dict()
   return json.dumps(settings, sort_keys=True, default=str)
 
