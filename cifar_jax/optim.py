@@ -136,24 +136,28 @@ def norm_mask(params: Any, extra: str = "") -> Any:
 
 
 def freeze_after(
-  num_steps: int, learning_rate: optax.Schedule | None = None
+  num_steps: int, learning_rate: optax.Schedule | None = None, peak: float | None = None
 ) -> optax.GradientTransformation:
   """Passes updates through for the first `num_steps` steps, then zeroes
   them: the parameters stop where they are (airbench's whitening bias, which
   trains for 3 epochs). Chained last, so weight decay stops too, as for a
   PyTorch parameter with requires_grad=False.
 
-  With the run's `learning_rate` schedule given, the updates are rescaled so
-  that these parameters' rate falls linearly from the schedule's first value
-  to 0 at `num_steps` instead of following it (airbench94_muon's whitening
-  bias: lr * (1 - step / its 3 epochs)). Scaling the finished update is
+  With the run's `learning_rate` schedule and its `peak` given, the updates
+  are rescaled so that these parameters' rate falls linearly from `peak` to 0
+  at `num_steps` instead of following the schedule (airbench94_muon's
+  whitening bias: its group's initial lr * (1 - step / 3 epochs)). From the
+  peak, not the schedule's first value, so that a warm-up from 0 does not
+  freeze them from the start. Scaling the finished update is
   scaling that step's lr, momentum and decay included, as PyTorch's SGD does.
   """
   if learning_rate is None:
+    if peak is not None:
+      raise ValueError("freeze_after: peak is the start of a linear ramp; pass learning_rate too.")
     return optax.scale_by_schedule(lambda count: jnp.where(count < num_steps, 1.0, 0.0))
 
   def factor(count):
-    ramp = learning_rate(0) * (1.0 - count / max(num_steps, 1))
+    ramp = (learning_rate(0) if peak is None else peak) * (1.0 - count / max(num_steps, 1))
     current = learning_rate(count)
     return jnp.where(
       (count < num_steps) & (current > 0), ramp / jnp.where(current > 0, current, 1.0), 0.0
@@ -270,5 +274,6 @@ def create_optimizer(
     frozen = lambda params: path_mask(params, o.freeze_params)  # noqa: E731
     num_steps = epochs_to_steps(o.freeze_after_epochs, steps_in_epoch)
     ramp = o.get("freeze_lr", "schedule") == "linear"
-    tx = optax.chain(tx, optax.masked(freeze_after(num_steps, lr if ramp else None), frozen))
+    ramp_args = (lr, peak_learning_rate(config)) if ramp else ()
+    tx = optax.chain(tx, optax.masked(freeze_after(num_steps, *ramp_args), frozen))
   return tx, lr

@@ -304,6 +304,28 @@ def test_frozen_params_lr_can_fall_linearly_to_the_freeze():
     params = optax.apply_updates(params, updates)
 
 
+def test_linear_freeze_lr_falls_from_the_peak_under_a_warm_up():
+  """With a warm-up (from 0.1 x peak over 5 of 10 steps) the linear rate of
+  the frozen parameters still starts at the peak, not at the warm-up's
+  first value, so they are not frozen from the start in effect."""
+  config = _config(name="linear_onecycle", pct_start=0.5, div_factor=10.0, end_lr_factor=0.0)
+  config.num_epochs = 10
+  config.optimizer.momentum = 0.0
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.freeze_params = "whiten/bias"
+  config.optimizer.freeze_after_epochs = 4.0
+  config.optimizer.freeze_lr = "linear"
+  tx, lr = optim.create_optimizer(config, 1)
+  peak = optim.peak_learning_rate(config)
+  assert float(lr(0)) < 0.2 * peak
+  params = {"whiten": {"bias": jnp.zeros(2)}}
+  state = tx.init(params)
+  for t in range(5):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    expected = peak * (1 - t / 4) if t < 4 else 0.0
+    np.testing.assert_allclose(updates["whiten"]["bias"], -expected, rtol=1e-5, atol=1e-7)
+
+
 def test_bad_parameter_patterns_are_named(tiny_config):
   from cifar_jax import config_checks
 

@@ -74,7 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.freeze_params = ""
   config.optimizer.freeze_after_epochs = 0.0
   # Their rate until then: "schedule" (the run's) or "linear" (falling from
-  # the schedule's start to 0 at the freeze, as airbench94_muon's whitening bias).
+  # the peak rate to 0 at the freeze, as airbench94_muon's whitening bias).
   config.optimizer.freeze_lr = "schedule"
   # muon: conv kernels take Muon steps (orthogonalised Nesterov momentum) at
   # this peak lr, on the schedule's shape; every other parameter takes the sgd
