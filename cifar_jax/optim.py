@@ -151,13 +151,13 @@ def freeze_after(
   freeze them from the start. Scaling the finished update is
   scaling that step's lr, momentum and decay included, as PyTorch's SGD does.
   """
+  if (learning_rate is None) != (peak is None):
+    raise ValueError("freeze_after: a linear ramp needs both learning_rate and peak.")
   if learning_rate is None:
-    if peak is not None:
-      raise ValueError("freeze_after: peak is the start of a linear ramp; pass learning_rate too.")
     return optax.scale_by_schedule(lambda count: jnp.where(count < num_steps, 1.0, 0.0))
 
   def factor(count):
-    ramp = (learning_rate(0) if peak is None else peak) * (1.0 - count / max(num_steps, 1))
+    ramp = peak * (1.0 - count / max(num_steps, 1))
     current = learning_rate(count)
     return jnp.where(
       (count < num_steps) & (current > 0), ramp / jnp.where(current > 0, current, 1.0), 0.0
