@@ -40,7 +40,11 @@ def extensions():
   return [
     Extension(
       "cifar_jax._onednn_conv",
-      sources=["cifar_jax/csrc/onednn_conv.cc"],
+      sources=[
+        "cifar_jax/csrc/onednn_conv.cc",
+        "cifar_jax/csrc/onednn_attention.cc",
+        "cifar_jax/csrc/onednn_matmul.cc",
+      ],
       include_dirs=[
         os.path.join(os.path.dirname(jaxlib.__file__), "include"),
         os.path.dirname(os.path.dirname(os.path.dirname(header))),
@@ -48,7 +52,10 @@ def extensions():
       library_dirs=[os.path.dirname(library)],
       libraries=["dnnl"],
       define_macros=[("CIFAR_JAX_JAXLIB_VERSION", f'"{jaxlib.__version__}"')],
-      extra_compile_args=["-std=c++17", "-O2", "-Wno-attributes", "-Wno-return-type"],
+      # OpenMP: the attention's parallel loop, on the GNU runtime that
+      # onednn-cpu-gomp's oneDNN runs on.
+      extra_compile_args=["-std=c++17", "-O2", "-fopenmp", "-Wno-attributes", "-Wno-return-type"],
+      extra_link_args=["-fopenmp"],
       language="c++",
       optional=True,
     )

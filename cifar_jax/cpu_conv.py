@@ -46,7 +46,14 @@ import jaxlib
 import numpy as np
 from jax import lax
 
-_HANDLERS = ("OnednnConvForward", "OnednnConvBackwardData", "OnednnConvBackwardWeights")
+_HANDLERS = (
+  "OnednnConvForward",
+  "OnednnConvBackwardData",
+  "OnednnConvBackwardWeights",
+  "OnednnAttentionForward",  # for cifar_jax.cpu_attention
+  "OnednnAttentionBackward",
+  "OnednnMatmul",  # for cifar_jax.cpu_matmul
+)
 _NHWC = ("NHWC", "HWIO", "NHWC")
 REBUILD = (
   "pip install setuptools onednn-devel-cpu-gomp==2023.2.0 && "

@@ -19,7 +19,10 @@ what was chosen and why. The model gets both as constructor arguments
 `config.conv_backend`: ``"auto"`` uses oneDNN where it can serve the run (a
 CPU, the extension loaded, one program per device: one device, or pmap),
 ``"xla"`` never, ``"onednn"`` insists and fails here, before compiling, with
-the reason and the setting to change.
+the reason and the setting to change. The transformers' attention and dense
+layers follow it (`Compute.attention`, `Compute.dot_general`, from
+`cpu_attention` and `cpu_matmul`): custom calls of the same extension under
+the same constraints.
 
 FLOPs are counted on `XLA_FORM` (XLA's cost analysis cannot see into the
 oneDNN custom calls), whatever a run uses.
@@ -36,7 +39,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cifar_jax import cpu_attention
 from cifar_jax import cpu_conv
+from cifar_jax import cpu_matmul
 
 CONV_BACKENDS = ("auto", "onednn", "xla")
 # oneDNN instruction sets with bf16 arithmetic (dot products), not emulation.
@@ -109,6 +114,18 @@ class Compute:
   @property
   def conv_general_dilated(self) -> Callable[..., jax.Array]:
     return cpu_conv.IMPLEMENTATIONS[self.conv]
+
+  @property
+  def attention(self) -> Callable[..., jax.Array]:
+    """The transformers' attention: oneDNN's wherever the convolutions are
+    (the same custom-call constraints; it takes bf16 on every CPU)."""
+    return cpu_attention.IMPLEMENTATIONS[self.conv_backend]
+
+  @property
+  def dot_general(self) -> Callable[..., jax.Array]:
+    """The transformers' dense-layer products: oneDNN's (float32 ones)
+    wherever the convolutions are."""
+    return cpu_matmul.IMPLEMENTATIONS[self.conv_backend]
 
   @property
   def dtype_name(self) -> str:

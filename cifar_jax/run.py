@@ -52,10 +52,14 @@ def create_model(
 ) -> nn.Module:
   """The model named by `config.model.name`; other `model.*` keys are options.
 
-  `compute` (from `precision.choose`) gives its dtype and convolutions; the
-  default, `precision.XLA_FORM`, is the float32 XLA form (FLOPs, export, tests).
+  `compute` (from `precision.choose`) gives its dtype, convolutions and (for
+  the transformers) attention and dense-layer products; the default, `precision.XLA_FORM`, is the
+  float32 XLA form (FLOPs, export, tests).
   """
   options = {k: v for k, v in config.model.items() if k != "name"}
+  if models.takes(config.model.name, "attention"):  # the transformers
+    options["attention"] = compute.attention
+    options["dot_general"] = compute.dot_general
   return models.get_model(
     config.model.name,
     num_classes=config.dataset.num_classes,

@@ -13,6 +13,9 @@
 // feature_group_count.
 // Attributes: stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right.
 //
+// The same module carries the handlers of onednn_attention.cc and
+// onednn_matmul.cc (the transformers' attention and dense layers).
+//
 // The module is also a Python extension (cifar_jax._onednn_conv) whose
 // attributes are PyCapsules of the handlers, for jax.ffi.register_ffi_target,
 // plus what Python needs to decide before compiling whether these handlers
@@ -344,6 +347,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward, CONV_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardData, BackwardData, CONV_BINDING());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBackwardWeights, BackwardWeights, CONV_BINDING());
 
+// The attention and matmul handlers (onednn_attention.cc, onednn_matmul.cc),
+// exported by this module too.
+extern "C" XLA_FFI_Error* OnednnAttentionForward(XLA_FFI_CallFrame* call_frame);
+extern "C" XLA_FFI_Error* OnednnAttentionBackward(XLA_FFI_CallFrame* call_frame);
+extern "C" XLA_FFI_Error* OnednnMatmul(XLA_FFI_CallFrame* call_frame);
+
 #ifndef CIFAR_JAX_JAXLIB_VERSION
 #error "setup.py defines CIFAR_JAX_JAXLIB_VERSION, the jaxlib the FFI headers come from"
 #endif
@@ -366,7 +375,10 @@ PyMODINIT_FUNC PyInit__onednn_conv(void) {
   const std::pair<const char*, XLA_FFI_Handler*> handlers[] = {
       {"OnednnConvForward", OnednnConvForward},
       {"OnednnConvBackwardData", OnednnConvBackwardData},
-      {"OnednnConvBackwardWeights", OnednnConvBackwardWeights}};
+      {"OnednnConvBackwardWeights", OnednnConvBackwardWeights},
+      {"OnednnAttentionForward", OnednnAttentionForward},
+      {"OnednnAttentionBackward", OnednnAttentionBackward},
+      {"OnednnMatmul", OnednnMatmul}};
   if (PyModule_AddStringConstant(module, "JAXLIB_VERSION", CIFAR_JAX_JAXLIB_VERSION) < 0) {
     Py_DECREF(module);
     return nullptr;

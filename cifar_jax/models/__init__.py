@@ -23,7 +23,9 @@ The families register themselves when their module is imported below.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 from typing import Any
 from typing import Callable
 
@@ -57,6 +59,18 @@ def get_data_init(name: str) -> DataInit | None:
 
 def model_names() -> list[str]:
   return sorted(_REGISTRY)
+
+
+def takes(name: str, option: str) -> bool:
+  """Whether the registered model ``name`` has the field ``option`` (e.g.
+  ``attention``, which only the transformers have); False for unknown names,
+  which `get_model` then reports."""
+  constructor = _REGISTRY.get(name)
+  if constructor is None:
+    return False
+  while isinstance(constructor, functools.partial):
+    constructor = constructor.func
+  return option in {f.name for f in dataclasses.fields(constructor)}
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:

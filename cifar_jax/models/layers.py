@@ -1,6 +1,6 @@
-"""Building blocks shared by several model families: the convolution
-implementation a model is given, norm, activations, conv-norm-act units,
-stochastic depth, pooling and the transformer MLP."""
+"""Building blocks shared by several model families: the convolution and
+attention implementations a model is given, norm, activations, conv-norm-act
+units, stochastic depth, pooling and the transformer MLP."""
 
 from __future__ import annotations
 
@@ -22,6 +22,42 @@ from jax import lax
 ConvFn = Callable[..., jax.Array]
 ModuleDef = Any  # a Module class or a functools.partial of one
 xla_conv: ConvFn = lax.conv_general_dilated
+
+
+# Attention and dense-layer products likewise: the transformers take an
+# `attention` field with `xla_attention`'s signature and a `dot_general` field
+# with `lax.dot_general`'s (`cifar_jax.cpu_attention` and `cifar_jax.cpu_matmul`
+# have the oneDNN ones).
+AttentionFn = Callable[..., jax.Array]
+DotFn = Callable[..., jax.Array]
+xla_dot: DotFn = lax.dot_general
+
+
+def xla_attention(
+  qkv: jax.Array,
+  bias: jax.Array | None,
+  *,
+  scale: float,
+  weights_dropout: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+  """Multi-head scaled dot-product attention of the fused projection `qkv`
+  (batch, tokens, 3, heads, head_dim) -> (batch, tokens, heads, head_dim).
+
+  The logits are `scale * q k^T`, in float32, plus `bias[b % nb]` for batch
+  entry b when `bias` (nb, heads, tokens, tokens) is given (Swin's
+  relative-position bias and window mask); their softmax is cast back to
+  `qkv`'s dtype and passed through `weights_dropout` when given.
+  """
+  b, n, _, h, _ = qkv.shape
+  q, k, v = qkv[:, :, 0] * scale, qkv[:, :, 1], qkv[:, :, 2]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+  if bias is not None:
+    nb = bias.shape[0]
+    logits = (logits.reshape(b // nb, nb, h, n, n) + bias).reshape(b, h, n, n)
+  weights = nn.softmax(logits, axis=-1).astype(qkv.dtype)
+  if weights_dropout is not None:
+    weights = weights_dropout(weights)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 def conv_module(conv_general_dilated: ConvFn) -> ModuleDef:
@@ -224,17 +260,26 @@ transformer_dense_init = nn.initializers.truncated_normal(0.02)
 TransformerDense = functools.partial(nn.Dense, kernel_init=transformer_dense_init)
 
 
+def transformer_dense(dot_general: DotFn) -> ModuleDef:
+  """TransformerDense (same parameters and names) computing with `dot_general`."""
+  if dot_general is xla_dot:
+    return TransformerDense
+  return functools.partial(TransformerDense, dot_general=dot_general)
+
+
 class TransformerMlp(nn.Module):
   """The transformer feed-forward block: dense, GELU, dropout, dense, dropout."""
 
   hidden: int
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  dot_general: DotFn = xla_dot
 
   @nn.compact
   def __call__(self, x, train: bool):
     features = x.shape[-1]
-    x = nn.gelu(TransformerDense(self.hidden, dtype=self.dtype)(x), approximate=False)
+    dense = transformer_dense(self.dot_general)
+    x = nn.gelu(dense(self.hidden, dtype=self.dtype)(x), approximate=False)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = TransformerDense(features, dtype=self.dtype)(x)
+    x = dense(features, dtype=self.dtype)(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -30,6 +30,10 @@ torchvision keeps the window and zero-pads the map, attending to the padding
 unmasked, while the official code, and this one, shrink the window to the
 map. Stage 3 (4x4 tokens, window 4) is the same in both: one unshifted window
 (tests/reference_test.py).
+
+How the attention and the dense layers compute is given by the ``attention``
+and ``dot_general`` fields (XLA's by default; `cifar_jax.cpu_attention` and
+`cifar_jax.cpu_matmul` have the oneDNN ones, which compute the same function).
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ from cifar_jax.models import layers
 from cifar_jax.models.layers import DropPath
 
 _dense_init = layers.transformer_dense_init
-_Dense = layers.TransformerDense
 _LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5)
 
 
@@ -94,6 +97,8 @@ class WindowAttention(nn.Module):
   attn_drop_rate: float = 0.0
   proj_drop_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention: layers.AttentionFn = layers.xla_attention
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
@@ -103,20 +108,18 @@ class WindowAttention(nn.Module):
       "relative_position_bias_table", _dense_init, ((2 * self.window_size - 1) ** 2, self.num_heads)
     )
     index = relative_position_index(self.window_size).reshape(-1)
-    bias = table[index].reshape(n, n, self.num_heads).transpose(2, 0, 1)
+    bias = table[index].reshape(n, n, self.num_heads).transpose(2, 0, 1)[None]
+    if mask is not None:  # window w of every image (bw = images * nW) gets mask[w]
+      bias = bias + mask[:, None]
 
-    qkv = _Dense(3 * c, dtype=self.dtype, name="qkv")(x)
-    qkv = qkv.reshape(bw, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-    q, k, v = qkv[0] * head_dim**-0.5, qkv[1], qkv[2]
-    attn = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) + bias
-    if mask is not None:
-      nw = mask.shape[0]
-      attn = attn.reshape(bw // nw, nw, self.num_heads, n, n) + mask[None, :, None]
-      attn = attn.reshape(bw, self.num_heads, n, n)
-    attn = nn.softmax(attn, axis=-1).astype(self.dtype)
-    attn = nn.Dropout(self.attn_drop_rate, deterministic=not train)(attn)
-    x = jnp.einsum("bhqk,bhkd->bqhd", attn, v).reshape(bw, n, c)
-    x = _Dense(c, dtype=self.dtype, name="proj")(x)
+    dense = layers.transformer_dense(self.dot_general)
+    qkv = dense(3 * c, dtype=self.dtype, name="qkv")(x)
+    qkv = qkv.reshape(bw, n, 3, self.num_heads, head_dim)
+    dropout = None
+    if train and self.attn_drop_rate > 0:
+      dropout = nn.Dropout(self.attn_drop_rate, deterministic=False)
+    x = self.attention(qkv, bias, scale=head_dim**-0.5, weights_dropout=dropout)
+    x = dense(c, dtype=self.dtype, name="proj")(x.reshape(bw, n, c))
     return nn.Dropout(self.proj_drop_rate, deterministic=not train)(x)
 
 
@@ -129,6 +132,8 @@ class SwinBlock(nn.Module):
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention: layers.AttentionFn = layers.xla_attention
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -145,16 +150,24 @@ class SwinBlock(nn.Module):
       mask = jnp.asarray(shifted_window_mask(h, w, window, shift))
     else:
       mask = None
-    y = WindowAttention(self.num_heads, window, self.attn_drop_rate, self.drop_rate, self.dtype)(
-      window_partition(y, window), mask, train
-    )
+    y = WindowAttention(
+      self.num_heads,
+      window,
+      self.attn_drop_rate,
+      self.drop_rate,
+      self.dtype,
+      self.attention,
+      self.dot_general,
+    )(window_partition(y, window), mask, train)
     y = window_reverse(y, window, h, w)
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
     y = _LayerNorm(dtype=self.dtype)(x)
-    y = layers.TransformerMlp(int(c * self.mlp_ratio), self.drop_rate, self.dtype)(y, train)
+    y = layers.TransformerMlp(
+      int(c * self.mlp_ratio), self.drop_rate, self.dtype, self.dot_general
+    )(y, train)
     return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
 
@@ -162,6 +175,7 @@ class PatchMerging(nn.Module):
   """2x2 neighbourhood -> 4C concat -> LayerNorm -> linear to 2C (no bias)."""
 
   dtype: Any = jnp.float32
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x):
@@ -170,7 +184,8 @@ class PatchMerging(nn.Module):
       [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1
     )
     x = _LayerNorm(dtype=self.dtype)(x)
-    return _Dense(2 * c, use_bias=False, dtype=self.dtype)(x)
+    dense = layers.transformer_dense(self.dot_general)
+    return dense(2 * c, use_bias=False, dtype=self.dtype)(x)
 
 
 class SwinTransformer(nn.Module):
@@ -187,6 +202,8 @@ class SwinTransformer(nn.Module):
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.2
   conv_general_dilated: layers.ConvFn = layers.xla_conv
+  attention: layers.AttentionFn = layers.xla_attention
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -214,14 +231,17 @@ class SwinTransformer(nn.Module):
           self.attn_drop_rate,
           float(rates[block]),
           self.dtype,
+          self.attention,
+          self.dot_general,
           name=f"stage{stage}_block{i}",
         )(x, train)
         block += 1
       if stage < len(self.depths) - 1:
-        x = PatchMerging(self.dtype, name=f"stage{stage}_merge")(x)
+        x = PatchMerging(self.dtype, self.dot_general, name=f"stage{stage}_merge")(x)
     x = _LayerNorm(dtype=self.dtype, name="norm")(x)
     x = jnp.mean(x, axis=(1, 2))
-    return _Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    head = layers.transformer_dense(self.dot_general)
+    return head(self.num_classes, dtype=self.dtype, name="head")(x)
 
 
 models.register("swin_tiny", SwinTransformer)

@@ -17,6 +17,10 @@ patch 16, 224x224 and 1000 classes the same code gives timm's 5,717,416 /
 pooling, qkv bias, LayerNorm eps 1e-6, exact GELU): timm's model created with
 ``patch_size=4, img_size=32, num_classes=10`` computes the same function
 (tests/reference_test.py), and with ``patch_size=16`` at 224x224 the stock one.
+
+How the attention and the dense layers compute is given by the ``attention``
+and ``dot_general`` fields (XLA's by default; `cifar_jax.cpu_attention` and
+`cifar_jax.cpu_matmul` have the oneDNN ones, which compute the same function).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from cifar_jax.models import layers
 from cifar_jax.models.layers import DropPath
 
 _dense_init = layers.transformer_dense_init
-_Dense = layers.TransformerDense
 _LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6)
 
 
@@ -42,19 +45,21 @@ class SelfAttention(nn.Module):
   attn_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention: layers.AttentionFn = layers.xla_attention
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x, train: bool):
     b, n, c = x.shape
     head_dim = c // self.num_heads
-    qkv = _Dense(3 * c, dtype=self.dtype, name="qkv")(x)
+    dense = layers.transformer_dense(self.dot_general)
+    qkv = dense(3 * c, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0] * head_dim**-0.5, qkv[:, :, 1], qkv[:, :, 2]
-    attn = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-    attn = nn.softmax(attn, axis=-1).astype(self.dtype)
-    attn = nn.Dropout(self.attn_dropout_rate, deterministic=not train)(attn)
-    x = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, c)
-    x = _Dense(c, dtype=self.dtype, name="proj")(x)
+    dropout = None
+    if train and self.attn_dropout_rate > 0:
+      dropout = nn.Dropout(self.attn_dropout_rate, deterministic=False)
+    x = self.attention(qkv, None, scale=head_dim**-0.5, weights_dropout=dropout)
+    x = dense(c, dtype=self.dtype, name="proj")(x.reshape(b, n, c))
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -65,17 +70,26 @@ class EncoderBlock(nn.Module):
   attn_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  attention: layers.AttentionFn = layers.xla_attention
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x, train: bool):
     c = x.shape[-1]
     y = _LayerNorm(dtype=self.dtype)(x)
-    y = SelfAttention(self.num_heads, self.attn_dropout_rate, self.dropout_rate, self.dtype)(
-      y, train
-    )
+    y = SelfAttention(
+      self.num_heads,
+      self.attn_dropout_rate,
+      self.dropout_rate,
+      self.dtype,
+      self.attention,
+      self.dot_general,
+    )(y, train)
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
     y = _LayerNorm(dtype=self.dtype)(x)
-    y = layers.TransformerMlp(int(c * self.mlp_ratio), self.dropout_rate, self.dtype)(y, train)
+    y = layers.TransformerMlp(
+      int(c * self.mlp_ratio), self.dropout_rate, self.dtype, self.dot_general
+    )(y, train)
     return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
 
@@ -92,6 +106,8 @@ class VisionTransformer(nn.Module):
   attn_dropout_rate: float = 0.0
   drop_path_rate: float = 0.1
   conv_general_dilated: layers.ConvFn = layers.xla_conv
+  attention: layers.AttentionFn = layers.xla_attention
+  dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -118,10 +134,13 @@ class VisionTransformer(nn.Module):
         self.attn_dropout_rate,
         float(rates[i]),
         self.dtype,
+        self.attention,
+        self.dot_general,
         name=f"block{i}",
       )(x, train)
     x = _LayerNorm(dtype=self.dtype, name="norm")(x[:, 0])
-    return _Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    head = layers.transformer_dense(self.dot_general)
+    return head(self.num_classes, dtype=self.dtype, name="head")(x)
 
 
 models.register("vit_tiny", VisionTransformer)
