@@ -8,6 +8,8 @@ takes ~15% less time; the processes tests start inherit both.
 """
 
 import os
+import subprocess
+import sys
 
 # XLA_FLAGS for the one-device processes tests start.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
@@ -30,6 +32,27 @@ from search_fixtures import search_config  # noqa: E402,F401
 from search_fixtures import splits  # noqa: E402,F401
 
 SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
+
+# Set in the processes `run_tests_under_avx2` starts: their tests must not start it again.
+UNDER_ISA_LIMIT = os.environ.get("ONEDNN_MAX_CPU_ISA") is not None
+
+
+def run_tests_under_avx2(test_file: str, keyword: str) -> str:
+  """Runs the tests of `test_file` selected by `keyword` (pytest -k) in a
+  process whose oneDNN is limited to AVX2 (ONEDNN_MAX_CPU_ISA), as on a CPU
+  without AVX-512 or bf16; asserts they passed and returns pytest's output."""
+  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": FAST_COMPILE_FLAGS}
+  command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
+  result = subprocess.run(
+    command + [test_file, "-k", keyword],
+    env=env,
+    cwd=REPO_ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stdout[-3000:]
+  return result.stdout
 
 
 @pytest.fixture(scope="session")

@@ -4,17 +4,15 @@ any instruction set, with and without Swin's bias, the transformers compute
 the same function and gradients with it, and what it does not cover goes to
 XLA."""
 
-import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import models_test
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE_FLAGS
+from conftest import UNDER_ISA_LIMIT
+from conftest import run_tests_under_avx2
 
 from cifar_jax import cpu_attention
 from cifar_jax import cpu_conv
@@ -164,22 +162,9 @@ def test_run_gives_the_transformers_the_computes_kernels():
 
 
 @needs_onednn
-@pytest.mark.skipif(
-  os.environ.get("ONEDNN_MAX_CPU_ISA") is not None,
-  reason="this is the run under ONEDNN_MAX_CPU_ISA",
-)
+@pytest.mark.skipif(UNDER_ISA_LIMIT, reason="this is the run under ONEDNN_MAX_CPU_ISA")
 def test_the_value_tests_hold_under_avx2_too():
   """oneDNN's GEMM and softmax pick other kernels per instruction set."""
-  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": FAST_COMPILE_FLAGS}
-  result = subprocess.run(
-    [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-    + [__file__, "-k", "matches_xla_values or float32_one_rounded"],
-    env=env,
-    cwd=os.path.dirname(os.path.dirname(__file__)),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stdout[-3000:]
+  stdout = run_tests_under_avx2(__file__, "matches_xla_values or float32_one_rounded")
   expected = len(SHAPES) + 2
-  assert re.search(rf"\b{expected} passed\b", result.stdout), result.stdout[-500:]
+  assert re.search(rf"\b{expected} passed\b", stdout), stdout[-500:]

@@ -4,10 +4,8 @@ bf16) arithmetic allows on any instruction set, the same training steps, and
 XLA for what they do not cover. tests/precision_test.py covers the choice."""
 
 import functools
-import os
 import platform
 import re
-import subprocess
 import sys
 import types
 
@@ -17,8 +15,9 @@ import jaxlib
 import models_test
 import numpy as np
 import pytest
-from conftest import FAST_COMPILE_FLAGS
+from conftest import UNDER_ISA_LIMIT
 from conftest import make_split
+from conftest import run_tests_under_avx2
 from jax import lax
 from train_test import _run_steps
 from train_test import tiny_resnet_config
@@ -252,35 +251,11 @@ def test_every_model_sends_its_plain_convolutions_to_onednn(name):
 
 
 @needs_onednn
-@pytest.mark.skipif(
-  os.environ.get("ONEDNN_MAX_CPU_ISA") is not None,
-  reason="this is the run under ONEDNN_MAX_CPU_ISA",
-)
+@pytest.mark.skipif(UNDER_ISA_LIMIT, reason="this is the run under ONEDNN_MAX_CPU_ISA")
 def test_the_value_tests_hold_under_avx2_too():
   """oneDNN picks other kernels and accumulation orders per instruction set:
   the same value and gradient tests, in a process limited to AVX2."""
-  env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": FAST_COMPILE_FLAGS}
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "pytest",
-      "-q",
-      "-p",
-      "no:cacheprovider",
-      "-p",
-      "no:xdist",
-      __file__,
-      "-k",
-      "matches_xla_values or float32_one_rounded",
-    ],
-    env=env,
-    cwd=os.path.dirname(os.path.dirname(__file__)),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stdout[-3000:]
+  stdout = run_tests_under_avx2(__file__, "matches_xla_values or float32_one_rounded")
   # Every geometry, and the bf16 ones in float32 (no native bf16 under AVX2).
   expected = len(GEOMETRIES) + len(GEOMETRIES[1::3])
-  assert re.search(rf"\b{expected} passed\b", result.stdout), result.stdout[-500:]
+  assert re.search(rf"\b{expected} passed\b", stdout), stdout[-500:]

@@ -267,6 +267,32 @@ def transformer_dense(dot_general: DotFn) -> ModuleDef:
   return functools.partial(TransformerDense, dot_general=dot_general)
 
 
+def multi_head_attention(
+  x: jax.Array,
+  bias: jax.Array | None,
+  *,
+  num_heads: int,
+  dtype: Any,
+  attention: AttentionFn,
+  dot_general: DotFn,
+  weights_dropout_rate: float,
+  train: bool,
+) -> jax.Array:
+  """The qkv projection, `attention` and the output projection of tokens `x`
+  (batch, tokens, features), as ViT's and Swin's attention modules compute
+  them; called inside their compact `__call__`, so the two dense layers are
+  their children "qkv" and "proj"."""
+  b, n, c = x.shape
+  head_dim = c // num_heads
+  dense = transformer_dense(dot_general)
+  qkv = dense(3 * c, dtype=dtype, name="qkv")(x).reshape(b, n, 3, num_heads, head_dim)
+  dropout = None
+  if train and weights_dropout_rate > 0:
+    dropout = nn.Dropout(weights_dropout_rate, deterministic=False)
+  x = attention(qkv, bias, scale=head_dim**-0.5, weights_dropout=dropout)
+  return dense(c, dtype=dtype, name="proj")(x.reshape(b, n, c))
+
+
 class TransformerMlp(nn.Module):
   """The transformer feed-forward block: dense, GELU, dropout, dense, dropout."""
 

@@ -102,8 +102,7 @@ class WindowAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask, train: bool):
-    bw, n, c = x.shape
-    head_dim = c // self.num_heads
+    n = x.shape[1]
     table = self.param(
       "relative_position_bias_table", _dense_init, ((2 * self.window_size - 1) ** 2, self.num_heads)
     )
@@ -112,14 +111,16 @@ class WindowAttention(nn.Module):
     if mask is not None:  # window w of every image (bw = images * nW) gets mask[w]
       bias = bias + mask[:, None]
 
-    dense = layers.transformer_dense(self.dot_general)
-    qkv = dense(3 * c, dtype=self.dtype, name="qkv")(x)
-    qkv = qkv.reshape(bw, n, 3, self.num_heads, head_dim)
-    dropout = None
-    if train and self.attn_drop_rate > 0:
-      dropout = nn.Dropout(self.attn_drop_rate, deterministic=False)
-    x = self.attention(qkv, bias, scale=head_dim**-0.5, weights_dropout=dropout)
-    x = dense(c, dtype=self.dtype, name="proj")(x.reshape(bw, n, c))
+    x = layers.multi_head_attention(
+      x,
+      bias,
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      attention=self.attention,
+      dot_general=self.dot_general,
+      weights_dropout_rate=self.attn_drop_rate,
+      train=train,
+    )
     return nn.Dropout(self.proj_drop_rate, deterministic=not train)(x)
 
 

@@ -50,16 +50,16 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    b, n, c = x.shape
-    head_dim = c // self.num_heads
-    dense = layers.transformer_dense(self.dot_general)
-    qkv = dense(3 * c, dtype=self.dtype, name="qkv")(x)
-    qkv = qkv.reshape(b, n, 3, self.num_heads, head_dim)
-    dropout = None
-    if train and self.attn_dropout_rate > 0:
-      dropout = nn.Dropout(self.attn_dropout_rate, deterministic=False)
-    x = self.attention(qkv, None, scale=head_dim**-0.5, weights_dropout=dropout)
-    x = dense(c, dtype=self.dtype, name="proj")(x.reshape(b, n, c))
+    x = layers.multi_head_attention(
+      x,
+      None,
+      num_heads=self.num_heads,
+      dtype=self.dtype,
+      attention=self.attention,
+      dot_general=self.dot_general,
+      weights_dropout_rate=self.attn_dropout_rate,
+      train=train,
+    )
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
