@@ -57,9 +57,10 @@ def create_model(
   float32 XLA form (FLOPs, export, tests).
   """
   options = {k: v for k, v in config.model.items() if k != "name"}
-  if models.takes(config.model.name, "attention"):  # the transformers
-    options["attention"] = compute.attention
-    options["dot_general"] = compute.dot_general
+  # The transformers' kernels, each to the models that have its field.
+  for field, kernel in (("attention", compute.attention), ("dot_general", compute.dot_general)):
+    if models.takes(config.model.name, field):
+      options[field] = kernel
   return models.get_model(
     config.model.name,
     num_classes=config.dataset.num_classes,

@@ -2,10 +2,14 @@
 gradients equal `lax.dot_general`'s within float32 rounding, on any
 instruction set, and what they do not cover goes to XLA."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import UNDER_ISA_LIMIT
+from conftest import run_tests_under_avx2
 from jax import lax
 
 from cifar_jax import cpu_conv
@@ -21,11 +25,11 @@ def _dense(dot, x, w):
   return dot(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
+SHAPES = [((8, 5), (5, 3)), ((2, 65, 192), (192, 576)), ((3, 1), (1, 7)), ((4, 4, 2, 9), (9, 16))]
+
+
 @needs_onednn
-@pytest.mark.parametrize(
-  "x_shape,w_shape",
-  [((8, 5), (5, 3)), ((2, 65, 192), (192, 576)), ((3, 1), (1, 7)), ((4, 4, 2, 9), (9, 16))],
-)
+@pytest.mark.parametrize("x_shape,w_shape", SHAPES)
 def test_onednn_matches_xla_values_and_gradients(x_shape, w_shape):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
@@ -69,3 +73,11 @@ def test_only_dense_float32_products_go_to_onednn():
   )
   assert "OnednnMatmul" not in lowered(jnp.zeros((8, 4)), w, (((0,), (0,)), ((), ())))
   assert "OnednnMatmul" not in lowered(jnp.zeros((0, 8)), w)
+
+
+@needs_onednn
+@pytest.mark.skipif(UNDER_ISA_LIMIT, reason="this is the run under ONEDNN_MAX_CPU_ISA")
+def test_the_value_tests_hold_under_avx2_too():
+  """oneDNN's GEMM picks other kernels per instruction set."""
+  stdout = run_tests_under_avx2(__file__, "matches_xla_values")
+  assert re.search(rf"\b{len(SHAPES)} passed\b", stdout), stdout[-500:]
