@@ -10,8 +10,9 @@ its best precision for the CPU (as scripts/compare_torch.py chooses it;
 `--isa=AVX2` makes both behave as on a CPU without AVX-512). It reports for
 each side seconds per epoch (`--examples` images over the measured images/s)
 and time to target = epochs to target x seconds per epoch, with the epochs
-each needs to reach the target: `--jax_epochs` as measured in the README's
-Speed run section, `--torch_epochs` airbench94's published 9.9. Compilation,
+each needs to reach the target: `--jax_epochs` (default: the config's
+`num_epochs`, which for the speed-run configs is what the README's Speed run
+section measured reaching it), `--torch_epochs` airbench94's published 9.9. Compilation,
 evaluation and data loading are left out on both sides alike.
 """
 
@@ -50,7 +51,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("jax_batch", None, "JAX batch (default: the config's).", flag_values=FLAGS)
 flags.DEFINE_integer("torch_batch", 1024, "PyTorch batch (airbench94's).", flag_values=FLAGS)
-flags.DEFINE_float("jax_epochs", 10.0, "Epochs JAX needs to reach the target.", flag_values=FLAGS)
+flags.DEFINE_float(
+  "jax_epochs",
+  None,
+  "Epochs JAX needs to reach the target (default: the config's num_epochs, whose default "
+  "is the measured recipe).",
+  flag_values=FLAGS,
+)
 flags.DEFINE_float(
   "torch_epochs", 9.9, "Epochs airbench94 needs (its published figure).", flag_values=FLAGS
 )
@@ -74,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> None:
   _, torch_mode = compare_torch.settle_machine(args.isa)
   from cifar_jax import benchmark  # pylint: disable=import-outside-toplevel
 
-  jax_batch = args.jax_batch or benchmark.model_config(args.jax_config).batch_size
+  jax_config = benchmark.model_config(args.jax_config)
+  jax_batch = args.jax_batch or jax_config.batch_size
+  jax_epochs = args.jax_epochs or jax_config.num_epochs
   ratios = []
   for round_index in range(args.rounds):
     jax_row = compare_torch._run_json_lines(
@@ -100,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       ],
       env=compare_torch.torch_environment("default"),
     )[0]
-    jax_epoch_s, jax_s = time_to_target(jax_row["img_per_s"], args.jax_epochs, args.examples)
+    jax_epoch_s, jax_s = time_to_target(jax_row["img_per_s"], jax_epochs, args.examples)
     torch_epoch_s, torch_s = time_to_target(
       torch_row["img_per_s"], args.torch_epochs, args.examples
     )
@@ -114,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           "jax_dtype": jax_row["dtype"],
           "jax_img_per_s": jax_row["img_per_s"],
           "jax_epoch_s": round(jax_epoch_s, 1),
-          "jax_epochs": args.jax_epochs,
+          "jax_epochs": jax_epochs,
           "jax_time_to_target_s": round(jax_s, 1),
           "torch_mode": torch_mode,
           "torch_batch": args.torch_batch,
