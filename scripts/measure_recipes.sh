@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Trains each named config on train[:45000], evaluates its best checkpoint on
-# the validation slice train[45000:], and leaves runs/recipe_<model>[_<variant>]/
-# for `python -m cifar_jax.report`. A run that was stopped resumes from its
-# workdir when the script is started again. Usage, from the repo root:
+# the validation slice train[45000:] into runs/recipe_<model>[_<variant>]/,
+# then keeps the run's records (config, metrics, evaluation: not the
+# checkpoints) in ${REPORT_DIR}/runs/ and rewrites the report over every run
+# kept there (REPORT_DIR: docs/zoo, the README's zoo figures), so a figure
+# survives the workdir. A run that was stopped resumes from its workdir when
+# the script is started again. Usage, from the repo root:
 #   DATA_DIR=../shared/tensorflow_datasets scripts/measure_recipes.sh lenet5 resnet18:budget
 # Extra flags after `--` go to every run, e.g. `-- --config.num_epochs=10`.
 set -euo pipefail
@@ -12,6 +15,7 @@ while [[ $# -gt 0 && "$1" != "--" ]]; do models+=("$1"); shift; done
 [[ $# -gt 0 ]] && shift
 data_flag=()
 [[ -n "${DATA_DIR:-}" ]] && data_flag=("--config.dataset.data_dir=${DATA_DIR}")
+report_dir="${REPORT_DIR:-docs/zoo}"
 for spec in "${models[@]}"; do
   model="${spec%%:*}"
   config="configs/${model}.py${spec#"${model}"}"
@@ -20,5 +24,5 @@ for spec in "${models[@]}"; do
     "${data_flag[@]}" "$@"
   python -m cifar_jax.main --config="${config}" --workdir="${workdir}" \
     "${data_flag[@]}" "$@" --mode=eval
+  python -m cifar_jax.report --out="${report_dir}" --keep_records="${report_dir}/runs" "${workdir}"
 done
-python -m cifar_jax.report --out=runs/recipe_report runs/recipe_*

@@ -186,6 +186,70 @@ def test_a_malformed_metrics_line_is_noted_unless_it_is_the_last(runs, tmp_path)
   ]
 
 
+def test_kept_records_outlive_their_workdirs(runs, tmp_path):
+  """--keep_records copies the record files only, and a report over the
+  archive after the workdirs are gone says what one over the workdirs said."""
+  live = tmp_path / "live"
+  shutil.copytree(runs, live)
+  archive, out = tmp_path / "archive", tmp_path / "out"
+  workdirs = [live / "evaluated", live / "unevaluated"]
+  assert (
+    run_report("--noflops", f"--out={out}", f"--keep_records={archive}", *map(str, workdirs)) == 0
+  )
+  kept = sorted(p.name for p in (archive / "evaluated").iterdir())
+  assert kept == [
+    "config.json",
+    "eval_train_45000.json",
+    "eval_train_45000_mistakes.npz",
+    "metrics.jsonl",
+  ]  # no checkpoints, best/ or tensorboard/
+  assert (live / "evaluated" / "checkpoints").is_dir()
+  before = (out / "report.md").read_text()
+  shutil.rmtree(live)
+  assert run_report("--noflops", f"--out={out}", f"--keep_records={archive}") == 0
+  after = (out / "report.md").read_text()
+  assert after == before
+  assert set(_sections(after)) == {"evaluated (lenet5)", "unevaluated (lenet5)"}
+  assert (out / "mistakes_evaluated.png").stat().st_size > 0
+
+
+def test_a_kept_run_is_replaced_only_by_one_with_as_many_epochs(runs, tmp_path):
+  archive = tmp_path / "archive"
+  kept, notes = report.keep_records([runs / "evaluated"], archive)
+  assert kept == [archive / "evaluated"] and notes == []
+  restarted = tmp_path / "restart" / "evaluated"  # the same name, one epoch so far
+  restarted.mkdir(parents=True)
+  shutil.copy(runs / "evaluated" / "config.json", restarted)
+  first = (runs / "evaluated" / "metrics.jsonl").read_text().splitlines()[0]
+  (restarted / "metrics.jsonl").write_text(first + "\n")
+  kept, notes = report.keep_records([restarted, tmp_path / "not_a_run"], archive)
+  assert kept == [archive / "evaluated"]
+  assert len(_records(archive / "evaluated")) == 2  # the finished run's records stay
+  assert "fewer epoch records than its kept copy" in notes[0]
+  assert "not_a_run" in notes[1] and "no config.json" in notes[1]
+  (restarted / "metrics.jsonl").write_text((runs / "evaluated" / "metrics.jsonl").read_text())
+  kept, notes = report.keep_records([restarted], archive)
+  assert notes == [] and sorted(p.name for p in (archive / "evaluated").iterdir()) == [
+    "config.json",
+    "metrics.jsonl",
+  ]  # replaced whole: the restarted run has no evaluation yet
+  assert [p.name for p in archive.iterdir()] == ["evaluated"]  # nothing left aside
+
+
+def test_keeping_two_workdirs_of_one_name_fails_before_copying(runs, tmp_path):
+  other = tmp_path / "b" / "evaluated"
+  shutil.copytree(runs / "evaluated", other)
+  with pytest.raises(SystemExit) as e:
+    run_report(
+      f"--out={tmp_path / 'out'}",
+      f"--keep_records={tmp_path / 'kept'}",
+      str(runs / "evaluated"),
+      str(other),
+    )
+  assert "share the name evaluated" in e.value.code and "\n" not in e.value.code
+  assert not (tmp_path / "kept").exists()
+
+
 def test_confusion_image_is_rgb_uint8():
   result = {
     "accuracy": 0.5,
@@ -254,7 +318,7 @@ def test_help_shows_the_usage_and_the_flags():
   )
   assert result.returncode == 0, result.stderr
   assert "python -m cifar_jax.report --out=reports/cmp runs/lenet5 runs/r18" in result.stdout
-  for flag in ("--workdirs", "--out", "--[no]flops"):
+  for flag in ("--workdirs", "--out", "--[no]flops", "--keep_records"):
     assert flag in result.stdout
 
 

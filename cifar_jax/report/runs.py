@@ -4,7 +4,9 @@ A workdir holds config.json, metrics.jsonl (read through `cifar_jax.records`)
 and the eval_<split>.json / eval_<split>_mistakes.npz of `--mode=eval`; any of
 them may be missing or partial (a run still starting, training or stopped),
 which `load_run` notes instead of raising. `load_runs` adds the FLOP count of
-`cifar_jax.models.summary`, the one step that imports jax.
+`cifar_jax.models.summary`, the one step that imports jax. `keep_records`
+copies those files (and nothing else: no checkpoints) into an archive, so a
+report can be written again after the workdirs are gone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 from typing import Sequence
@@ -22,6 +26,13 @@ from cifar_jax import records  # jax-free, as is writers,
 from cifar_jax import writers  # so the report starts fast
 
 MISTAKES_SUFFIX = "_mistakes"
+# Everything `load_run` reads of a workdir.
+RECORD_PATTERNS = (
+  "config.json",
+  records.METRICS_FILE,
+  "eval_*.json",
+  f"eval_*{MISTAKES_SUFFIX}.npz",
+)
 
 
 @dataclasses.dataclass
@@ -212,3 +223,54 @@ def load_runs(workdirs: Sequence[str | Path], flops: bool = True) -> list[RunDat
     for run in runs:
       _add_model_stats(run, cache)
   return runs
+
+
+def _epochs_recorded(workdir: Path) -> int:
+  return len(records.read(workdir).records)
+
+
+def keep_records(
+  workdirs: Sequence[str | Path], archive: str | Path
+) -> tuple[list[Path], list[str]]:
+  """Copies what the report reads of each workdir (RECORD_PATTERNS; never
+  checkpoints) into archive/<workdir name>/, then returns every run the
+  archive holds (sorted) and notes on what was not copied.
+
+  A kept copy is replaced whole (written aside, then renamed), and only by a
+  workdir with at least as many epoch records: a rerun that has just started
+  under the same name never overwrites a finished run's records."""
+  archive = Path(archive)
+  names = [Path(w).resolve().name for w in workdirs]
+  clashes = sorted({n for n in names if names.count(n) > 1})
+  if clashes:
+    raise ValueError(
+      f"workdirs share the name {', '.join(clashes)}: their records would overwrite each "
+      "other in the archive; rename one of the workdirs"
+    )
+  notes = []
+  for workdir, name in zip(map(Path, workdirs), names):
+    if not (workdir / "config.json").is_file():
+      notes.append(f"`{workdir}` has no config.json (not a cifar_jax workdir): nothing kept")
+      continue
+    kept = archive / name
+    if kept.is_dir() and _epochs_recorded(workdir) < _epochs_recorded(kept):
+      notes.append(
+        f"`{workdir}` has fewer epoch records than its kept copy `{kept}`: the copy is kept "
+        "(delete it to replace it)"
+      )
+      continue
+    archive.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=archive))
+    for pattern in RECORD_PATTERNS:
+      for path in sorted(workdir.glob(pattern)):
+        shutil.copy2(path, staging / path.name)
+    old = archive / f".{name}.old"
+    shutil.rmtree(old, ignore_errors=True)  # left by a kill between the two renames
+    if kept.exists():
+      kept.rename(old)
+    staging.rename(kept)
+    shutil.rmtree(old, ignore_errors=True)
+  if not archive.is_dir():
+    return [], notes
+  runs = sorted(p for p in archive.iterdir() if p.is_dir() and not p.name.startswith("."))
+  return runs, notes
