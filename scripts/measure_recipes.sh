@@ -2,7 +2,7 @@
 # Trains each named config on train[:45000], evaluates its best checkpoint on
 # the validation slice train[45000:] into runs/recipe_<model>[_<variant>]/,
 # then keeps the run's records (config, metrics, evaluation: not the
-# checkpoints) in ${REPORT_DIR}/runs/ and rewrites the report over every run
+# checkpoints) in ${REPORT_DIR}/records/ and rewrites the report over every run
 # kept there (REPORT_DIR: docs/zoo, the README's zoo figures), so a figure
 # survives the workdir. A run that was stopped resumes from its workdir when
 # the script is started again. Usage, from the repo root:
@@ -24,5 +24,5 @@ for spec in "${models[@]}"; do
     "${data_flag[@]}" "$@"
   python -m cifar_jax.main --config="${config}" --workdir="${workdir}" \
     "${data_flag[@]}" "$@" --mode=eval
-  python -m cifar_jax.report --out="${report_dir}" --keep_records="${report_dir}/runs" "${workdir}"
+  python -m cifar_jax.report --out="${report_dir}" --keep_records="${report_dir}/records" "${workdir}"
 done

@@ -43,10 +43,10 @@ def test_each_recipe_trains_evaluates_and_keeps_its_records_in_the_zoo_report(tm
   assert calls == [
     train5,
     f"{train5} --mode=eval",
-    "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/runs runs/recipe_lenet5",
+    "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/records runs/recipe_lenet5",
     train18,
     f"{train18} --mode=eval",
-    "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/runs runs/recipe_resnet18_budget",
+    "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/records runs/recipe_resnet18_budget",
   ]
 
 

@@ -2,7 +2,7 @@
 
     python -m cifar_jax.report --out=reports/cmp runs/lenet5 runs/r18
     python -m cifar_jax.report --out=reports/cmp --workdirs=runs/lenet5,runs/r18
-    python -m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/runs runs/recipe_*
+    python -m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/records runs/recipe_*
 
 write curves.png, confusion_<run>.png, per_class.png, accuracy_vs_params.png,
 mistakes_<run>.png and report.md into OUT (cifar_jax/report/__init__.py says
