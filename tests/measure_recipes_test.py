@@ -38,15 +38,16 @@ def test_each_recipe_trains_evaluates_and_keeps_its_records_in_the_zoo_report(tm
   assert rc == 0
   flags = "--config.dataset.data_dir=data --config.seed=1"
   main = "-m cifar_jax.main --config=configs"
+  keep = "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/records"
   train5 = f"{main}/lenet5.py --workdir=runs/recipe_lenet5 {flags}"
   train18 = f"{main}/resnet18.py:budget --workdir=runs/recipe_resnet18_budget {flags}"
   assert calls == [
     train5,
     f"{train5} --mode=eval",
-    "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/records runs/recipe_lenet5",
+    f"{keep} runs/recipe_lenet5",
     train18,
     f"{train18} --mode=eval",
-    "-m cifar_jax.report --out=docs/zoo --keep_records=docs/zoo/records runs/recipe_resnet18_budget",
+    f"{keep} runs/recipe_resnet18_budget",
   ]
 
 
