@@ -282,3 +282,56 @@ def test_fast_max_pool_matches_flax_max_pool(shape, dtype):
   np.testing.assert_allclose(
     float(jnp.sum(ours.astype(jnp.float32))), float(jnp.sum(weights)), atol=1e-5
   )
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_folded_layer_norm_equals_layer_norm_then_dense(with_bias):
+  """DeferredLayerNorm -> FoldingDense (the transformers' LayerNorm whose
+  scale and shift are folded into the next dense layer's kernel and bias) is
+  nn.LayerNorm -> nn.Dense with the same parameters: the same values and the
+  same gradients for the input and every parameter, through a token
+  rearrangement (Swin's roll) between the two."""
+  import flax.linen as nn
+
+  from cifar_jax.models import layers
+
+  roll = lambda t: jnp.roll(t, (-1, -1), axis=(1, 2))  # noqa: E731
+
+  class Folded(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      y = layers.DeferredLayerNorm(1e-5, name="norm")(x).map_tokens(roll)
+      return layers.FoldingDense(24, use_bias=with_bias, name="dense")(y)
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      y = roll(nn.LayerNorm(1e-5, name="norm")(x))
+      return nn.Dense(24, use_bias=with_bias, name="dense")(y)
+
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (2, 4, 4, 16))
+  params = Folded().init(jax.random.key(1), x)["params"]
+  # Not the initial ones and zeros, so that a missed scale or shift shows.
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = jax.tree.unflatten(
+    tree, [p + 0.5 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
+  assert jax.tree.structure(params) == jax.tree.structure(
+    Plain().init(jax.random.key(1), x)["params"]
+  )
+  weights = jax.random.normal(jax.random.key(3), (2, 4, 4, 24))
+
+  def loss(module, params, x):
+    return jnp.sum(module.apply({"params": params}, x) * weights)
+
+  np.testing.assert_allclose(
+    Folded().apply({"params": params}, x),
+    Plain().apply({"params": params}, x),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  ours = jax.grad(lambda p, x: loss(Folded(), p, x), argnums=(0, 1))(params, x)
+  theirs = jax.grad(lambda p, x: loss(Plain(), p, x), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 from typing import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -267,8 +268,76 @@ def transformer_dense(dot_general: DotFn) -> ModuleDef:
   return functools.partial(TransformerDense, dot_general=dot_general)
 
 
+class PendingAffine(NamedTuple):
+  """A LayerNorm's output `normalized * scale + shift` before its per-feature
+  `scale` and `shift` are applied. The dense layer that reads it folds them
+  into its kernel and bias instead (`FoldingDense`): XLA:CPU materialises the
+  scale broadcast to the activations' shape for the forward and backward
+  products (~170 ms of a ~3.1 s vit_tiny train step at batch 128 on the 2-core
+  Zen 3), which the folded form never forms."""
+
+  normalized: jax.Array
+  scale: jax.Array
+  shift: jax.Array
+
+  def map_tokens(self, fn: Callable[[jax.Array], jax.Array]) -> PendingAffine:
+    """`fn`, a rearrangement of the tokens that keeps features last (Swin's
+    roll and window partition), applied to the normalized activations; the
+    per-feature scale and shift commute with it."""
+    return self._replace(normalized=fn(self.normalized))
+
+
+class DeferredLayerNorm(nn.Module):
+  """nn.LayerNorm over the last axis (same parameters, names and statistics:
+  float32 mean and E[x^2] - E[x]^2 variance) returning a `PendingAffine`, for
+  a `FoldingDense` to apply its scale and shift."""
+
+  epsilon: float = 1e-6
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> PendingAffine:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    shift = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    x32 = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.maximum(0.0, jnp.square(x32).mean(-1, keepdims=True) - jnp.square(mean))
+    normalized = (x32 - mean) * lax.rsqrt(var + self.epsilon)
+    return PendingAffine(normalized.astype(self.dtype or x32.dtype), scale, shift)
+
+
+class FoldingDense(nn.Module):
+  """TransformerDense (same parameters, initialisation and names) that also
+  reads a `PendingAffine`: (n * s + t) W + b is computed as n (s W) + (t W + b),
+  the same function with the LayerNorm's scale and shift folded into the
+  (features x outputs) kernel and bias."""
+
+  features: int
+  dtype: Any = None
+  use_bias: bool = True
+  dot_general: DotFn = xla_dot
+
+  @nn.compact
+  def __call__(self, x: jax.Array | PendingAffine) -> jax.Array:
+    inputs = x.normalized if isinstance(x, PendingAffine) else x
+    kernel = self.param(
+      "kernel", transformer_dense_init, (inputs.shape[-1], self.features), jnp.float32
+    )
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    if isinstance(x, PendingAffine):
+      folded_bias = x.shift @ kernel
+      bias = folded_bias if bias is None else bias + folded_bias
+      kernel = x.scale[:, None] * kernel
+    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=None)
+    return y if bias is None else y + bias
+
+
 def multi_head_attention(
-  x: jax.Array,
+  x: jax.Array | PendingAffine,
   bias: jax.Array | None,
   *,
   num_heads: int,
@@ -282,15 +351,16 @@ def multi_head_attention(
   (batch, tokens, features), as ViT's and Swin's attention modules compute
   them; called inside their compact `__call__`, so the two dense layers are
   their children "qkv" and "proj"."""
-  b, n, c = x.shape
+  b, n, c = (x.normalized if isinstance(x, PendingAffine) else x).shape
   head_dim = c // num_heads
-  dense = transformer_dense(dot_general)
-  qkv = dense(3 * c, dtype=dtype, name="qkv")(x).reshape(b, n, 3, num_heads, head_dim)
+  qkv = FoldingDense(3 * c, dtype, dot_general=dot_general, name="qkv")(x)
+  qkv = qkv.reshape(b, n, 3, num_heads, head_dim)
   dropout = None
   if train and weights_dropout_rate > 0:
     dropout = nn.Dropout(weights_dropout_rate, deterministic=False)
   x = attention(qkv, bias, scale=head_dim**-0.5, weights_dropout=dropout)
-  return dense(c, dtype=dtype, name="proj")(x.reshape(b, n, c))
+  proj = transformer_dense(dot_general)(c, dtype=dtype, name="proj")
+  return proj(x.reshape(b, n, c))
 
 
 class TransformerMlp(nn.Module):
@@ -302,10 +372,11 @@ class TransformerMlp(nn.Module):
   dot_general: DotFn = xla_dot
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    features = x.shape[-1]
+  def __call__(self, x: jax.Array | PendingAffine, train: bool):
+    features = (x.normalized if isinstance(x, PendingAffine) else x).shape[-1]
     dense = transformer_dense(self.dot_general)
-    x = nn.gelu(dense(self.hidden, dtype=self.dtype)(x), approximate=False)
+    x = FoldingDense(self.hidden, self.dtype, dot_general=self.dot_general, name="Dense_0")(x)
+    x = nn.gelu(x, approximate=False)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = dense(features, dtype=self.dtype)(x)
+    x = dense(features, dtype=self.dtype, name="Dense_1")(x)
     return nn.Dropout(self.dropout_rate, deterministic=not train)(x)

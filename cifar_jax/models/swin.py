@@ -43,6 +43,7 @@ from typing import Any
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -101,8 +102,8 @@ class WindowAttention(nn.Module):
   dot_general: layers.DotFn = layers.xla_dot
 
   @nn.compact
-  def __call__(self, x, mask, train: bool):
-    n = x.shape[1]
+  def __call__(self, x: jax.Array | layers.PendingAffine, mask, train: bool):
+    n = (x.normalized if isinstance(x, layers.PendingAffine) else x).shape[1]
     table = self.param(
       "relative_position_bias_table", _dense_init, ((2 * self.window_size - 1) ** 2, self.num_heads)
     )
@@ -145,9 +146,12 @@ class SwinBlock(nn.Module):
     if h % window or w % window:
       raise ValueError(f"{h}x{w} tokens do not tile into {window}x{window} windows")
 
-    y = _LayerNorm(dtype=self.dtype)(x)
+    # The LayerNorms hand their scale and shift to the dense layer after them
+    # (layers.PendingAffine); the roll and the window partition move whole
+    # tokens, so they commute with them.
+    y = layers.DeferredLayerNorm(1e-5, self.dtype, name="LayerNorm_0")(x)
     if shift:
-      y = jnp.roll(y, (-shift, -shift), axis=(1, 2))
+      y = y.map_tokens(lambda t: jnp.roll(t, (-shift, -shift), axis=(1, 2)))
       mask = jnp.asarray(shifted_window_mask(h, w, window, shift))
     else:
       mask = None
@@ -159,13 +163,13 @@ class SwinBlock(nn.Module):
       self.dtype,
       self.attention,
       self.dot_general,
-    )(window_partition(y, window), mask, train)
+    )(y.map_tokens(lambda t: window_partition(t, window)), mask, train)
     y = window_reverse(y, window, h, w)
     if shift:
       y = jnp.roll(y, (shift, shift), axis=(1, 2))
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
-    y = _LayerNorm(dtype=self.dtype)(x)
+    y = layers.DeferredLayerNorm(1e-5, self.dtype, name="LayerNorm_1")(x)
     y = layers.TransformerMlp(
       int(c * self.mlp_ratio), self.drop_rate, self.dtype, self.dot_general
     )(y, train)

@@ -76,7 +76,9 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     c = x.shape[-1]
-    y = _LayerNorm(dtype=self.dtype)(x)
+    # The blocks' LayerNorms hand their scale and shift to the dense layer after
+    # them (layers.PendingAffine): same function and parameters, no broadcast.
+    y = layers.DeferredLayerNorm(1e-6, self.dtype, name="LayerNorm_0")(x)
     y = SelfAttention(
       self.num_heads,
       self.attn_dropout_rate,
@@ -86,7 +88,7 @@ class EncoderBlock(nn.Module):
       self.dot_general,
     )(y, train)
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
-    y = _LayerNorm(dtype=self.dtype)(x)
+    y = layers.DeferredLayerNorm(1e-6, self.dtype, name="LayerNorm_1")(x)
     y = layers.TransformerMlp(
       int(c * self.mlp_ratio), self.dropout_rate, self.dtype, self.dot_general
     )(y, train)
