@@ -271,14 +271,18 @@ def transformer_dense(dot_general: DotFn) -> ModuleDef:
 class PendingAffine(NamedTuple):
   """A LayerNorm's output `normalized * scale + shift` before its per-feature
   `scale` and `shift` are applied. The dense layer that reads it folds them
-  into its kernel and bias instead (`FoldingDense`): XLA:CPU materialises the
-  scale broadcast to the activations' shape for the forward and backward
-  products (~170 ms of a ~3.1 s vit_tiny train step at batch 128 on the 2-core
-  Zen 3), which the folded form never forms."""
+  into its kernel and bias instead (`FoldingDense`), because XLA:CPU
+  materialises the scale's broadcast to the activations' shape in the forward
+  and backward passes, which the folded form never forms (README, Speed)."""
 
   normalized: jax.Array
   scale: jax.Array
   shift: jax.Array
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """The activations' shape, as an array's: the modules that take either read it."""
+    return self.normalized.shape
 
   def map_tokens(self, fn: Callable[[jax.Array], jax.Array]) -> PendingAffine:
     """`fn`, a rearrangement of the tokens that keeps features last (Swin's
@@ -320,17 +324,16 @@ class FoldingDense(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array | PendingAffine) -> jax.Array:
-    inputs = x.normalized if isinstance(x, PendingAffine) else x
-    kernel = self.param(
-      "kernel", transformer_dense_init, (inputs.shape[-1], self.features), jnp.float32
-    )
+    kernel = self.param("kernel", transformer_dense_init, (x.shape[-1], self.features), jnp.float32)
     bias = None
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    inputs = x
     if isinstance(x, PendingAffine):
       folded_bias = x.shift @ kernel
       bias = folded_bias if bias is None else bias + folded_bias
       kernel = x.scale[:, None] * kernel
+      inputs = x.normalized
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     y = self.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())), precision=None)
     return y if bias is None else y + bias
@@ -351,7 +354,7 @@ def multi_head_attention(
   (batch, tokens, features), as ViT's and Swin's attention modules compute
   them; called inside their compact `__call__`, so the two dense layers are
   their children "qkv" and "proj"."""
-  b, n, c = (x.normalized if isinstance(x, PendingAffine) else x).shape
+  b, n, c = x.shape
   head_dim = c // num_heads
   qkv = FoldingDense(3 * c, dtype, dot_general=dot_general, name="qkv")(x)
   qkv = qkv.reshape(b, n, 3, num_heads, head_dim)
@@ -373,7 +376,7 @@ class TransformerMlp(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array | PendingAffine, train: bool):
-    features = (x.normalized if isinstance(x, PendingAffine) else x).shape[-1]
+    features = x.shape[-1]
     dense = transformer_dense(self.dot_general)
     x = FoldingDense(self.hidden, self.dtype, dot_general=self.dot_general, name="Dense_0")(x)
     x = nn.gelu(x, approximate=False)

@@ -103,7 +103,7 @@ class WindowAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array | layers.PendingAffine, mask, train: bool):
-    n = (x.normalized if isinstance(x, layers.PendingAffine) else x).shape[1]
+    n = x.shape[1]
     table = self.param(
       "relative_position_bias_table", _dense_init, ((2 * self.window_size - 1) ** 2, self.num_heads)
     )
