@@ -393,3 +393,50 @@ def test_bf16_conv_bias_gradient_compiles_to_one_reduction():
 
   assert "reduce-window" in compiled_gradient(nn.Conv)  # what this guards against
   assert "reduce-window" not in compiled_gradient(layers.Conv)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_training_equals_flax_batch_norm(dtype, affine):
+  """layers.BatchNorm in training (its closed-form `normalize_batch`) is
+  nn.BatchNorm: the same output, input and parameter gradients and running
+  mean; its running variance takes the unbiased batch variance (PyTorch's)."""
+  import flax.linen as nn
+
+  from cifar_jax.models import layers
+
+  x = (3.0 + 2.0 * jax.random.normal(jax.random.key(0), (8, 5, 5, 6))).astype(dtype)
+  kwargs = dict(momentum=0.9, epsilon=1e-5, dtype=dtype, use_bias=affine, use_scale=affine)
+  ours, theirs = layers.BatchNorm(**kwargs), nn.BatchNorm(**kwargs)
+  variables = theirs.init(jax.random.key(1), x, use_running_average=False)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)  # not the initial ones and zeros
+  assert jax.tree.structure(ours.init(jax.random.key(1), x, use_running_average=False)) == (
+    jax.tree.structure(variables)
+  )
+  weights = jax.random.normal(jax.random.key(2), x.shape)
+
+  def loss(module, params, x):
+    y, updates = module.apply(
+      {**variables, "params": params}, x, use_running_average=False, mutable=["batch_stats"]
+    )
+    return jnp.sum(nn.gelu(y.astype(jnp.float32)) * weights), (y, updates["batch_stats"])
+
+  results = [
+    jax.grad(functools.partial(loss, m), argnums=(0, 1), has_aux=True)(
+      variables.get("params", {}), x
+    )
+    for m in (ours, theirs)
+  ]
+  (our_grads, (our_y, our_stats)), (their_grads, (their_y, their_stats)) = results
+  tol = 1e-5 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(
+    our_y.astype(jnp.float32), their_y.astype(jnp.float32), rtol=tol, atol=tol
+  )
+  for a, b in zip(jax.tree.leaves(our_grads), jax.tree.leaves(their_grads)):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
+  np.testing.assert_allclose(our_stats["mean"], their_stats["mean"], rtol=1e-5)
+  n = 8 * 5 * 5
+  old_var = variables["batch_stats"]["var"]
+  unbiased = old_var * 0.9 + (their_stats["var"] - old_var * 0.9) * n / (n - 1)
+  np.testing.assert_allclose(our_stats["var"], unbiased, rtol=1e-5)

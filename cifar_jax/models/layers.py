@@ -133,8 +133,61 @@ def activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
   return ACTIVATIONS[name]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_batch(
+  x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode batch normalisation over every axis but the last:
+  `(y, mean, var)`, with `y` in `x`'s dtype and the batch statistics (the
+  biased variance) in float32, as nn.BatchNorm computes them
+  (`use_fast_variance`).
+
+  Its gradient is the closed form, two passes over the activations (the sums
+  of dy and dy * x_hat, then dx), each reading bf16 and computing in
+  float32: autodiff of nn.BatchNorm makes XLA:CPU write float32 copies of
+  the activations and gradients and walk them several times more.
+  """
+  return _normalize_batch_forward(x, scale, bias, epsilon)[0]
+
+
+def _batch_axes(x: jax.Array) -> tuple[int, ...]:
+  return tuple(range(x.ndim - 1))
+
+
+def _normalize_batch_forward(x, scale, bias, epsilon):
+  axes = _batch_axes(x)
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axes)
+  var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+  inv = lax.rsqrt(var + epsilon)
+  multiplier = inv * scale.astype(jnp.float32)
+  y = xf * multiplier + (bias.astype(jnp.float32) - mean * multiplier)
+  return (y.astype(x.dtype), mean, var), (x, mean, inv, scale, bias)
+
+
+def _normalize_batch_backward(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, inv, scale, bias = residuals
+  dy, dmean, dvar = cotangents
+  axes = _batch_axes(x)
+  n = x.size // x.shape[-1]
+  dyf = dy.astype(jnp.float32)
+  centred = x.astype(jnp.float32) - mean
+  dbias = jnp.sum(dyf, axes)
+  dscale = jnp.sum(dyf * centred, axes) * inv
+  # d/dx of y, then of the returned statistics (zero in training, where only
+  # the running averages read them; kept so the function is differentiable).
+  dx = (scale.astype(jnp.float32) * inv) * (dyf - (dbias + centred * inv * dscale) / n)
+  dx = dx + (dmean + 2.0 * dvar * centred) / n
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+normalize_batch.defvjp(_normalize_batch_forward, _normalize_batch_backward)
+
+
 class BatchNorm(nn.BatchNorm):
-  """nn.BatchNorm whose running variance averages the unbiased batch variance.
+  """nn.BatchNorm whose running variance averages the unbiased batch variance,
+  normalising training batches with `normalize_batch`.
 
   PyTorch normalises a training batch by its biased variance (as flax does) but
   updates ``running_var`` with the unbiased one, ``n / (n - 1)`` times larger,
@@ -143,12 +196,19 @@ class BatchNorm(nn.BatchNorm):
   name, fields and variables as nn.BatchNorm: checkpoints restore and evaluate
   as before; only the statistics of further training steps differ, by that
   factor on each step's new term.
+
+  Training batches of features-last inputs on one program (no ``axis_name``:
+  jit, whose global arrays already hold the whole batch) take
+  `normalize_batch`; under pmap (``axis_name``), with other feature axes,
+  and at initialisation, nn.BatchNorm normalises.
   """
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None):
     frozen = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
     updates = not frozen and not self.is_initializing()
+    if updates and self._normalizes_itself(x):
+      return self._normalize_training_batch(x)
     old_var = self.get_variable("batch_stats", "var") if updates else None
     y = super().__call__(x, use_running_average)
     if updates:
@@ -161,6 +221,35 @@ class BatchNorm(nn.BatchNorm):
       kept = self.momentum * old_var
       fresh = self.get_variable("batch_stats", "var") - kept
       self.put_variable("batch_stats", "var", kept + fresh * (n / jnp.maximum(n - 1, 1)))
+    return y
+
+  def _normalizes_itself(self, x) -> bool:
+    return (
+      self.axis_name is None
+      and self.dtype is not None
+      and tuple(a % x.ndim for a in np.atleast_1d(self.axis)) == (x.ndim - 1,)
+      and self.use_fast_variance
+      and self.force_float32_reductions
+    )
+
+  def _normalize_training_batch(self, x):
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
+    scale = (
+      self.param("scale", self.scale_init, features, self.param_dtype)
+      if self.use_scale
+      else jnp.ones(features, jnp.float32)
+    )
+    bias = (
+      self.param("bias", self.bias_init, features, self.param_dtype)
+      if self.use_bias
+      else jnp.zeros(features, jnp.float32)
+    )
+    y, mean, var = normalize_batch(x.astype(self.dtype), scale, bias, self.epsilon)
+    n = x.size // x.shape[-1]
+    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * (n / max(n - 1, 1))
     return y
 
 
