@@ -152,7 +152,12 @@ def test_compare_torch_runs_each_side_in_its_best_precision(monkeypatch, native_
   compare = _script("compare_torch")
   machine = precision.Machine("cpu", "avx2", native_bf16, None, True, native_bf16)
   monkeypatch.setattr(precision.Machine, "detect", classmethod(lambda cls: machine))
-  monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+  # compare_torch sets ONEDNN_MAX_CPU_ISA in os.environ for its children. A
+  # setenv first makes monkeypatch restore the variable's absence afterwards
+  # (a delenv of an absent one records nothing), so no later test in this
+  # process runs its subprocesses as on an AVX2 CPU.
+  monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")
+  monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
   calls = []
 
   def fake_run(cmd, env=None):
@@ -166,7 +171,6 @@ def test_compare_torch_runs_each_side_in_its_best_precision(monkeypatch, native_
   assert f"--modes={torch_mode}" in torch_cmd
   assert jax_env["ONEDNN_MAX_CPU_ISA"] == torch_env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
   assert json.loads(out.splitlines()[1])["torch_mode"] == torch_mode
-  monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")  # compare_torch set it for its children
 
 
 # The keys of ../shared/bench/torch_reference.py's JSON lines.

@@ -37,6 +37,18 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_dat
 UNDER_ISA_LIMIT = os.environ.get("ONEDNN_MAX_CPU_ISA") is not None
 
 
+@pytest.fixture(autouse=True)
+def _instruction_set_limit_unchanged():
+  """No test may leave ONEDNN_MAX_CPU_ISA changed: the processes later tests
+  start inherit os.environ, and on an AVX-512 CPU they would then run as on
+  an AVX2 one while the test expects its own machine (invisible on an
+  AVX2-only CPU, where both are the same)."""
+  before = os.environ.get("ONEDNN_MAX_CPU_ISA")
+  yield
+  after = os.environ.get("ONEDNN_MAX_CPU_ISA")
+  assert after == before, f"the test left ONEDNN_MAX_CPU_ISA={after!r} (was {before!r})"
+
+
 def run_tests_under_avx2(test_file: str, keyword: str) -> str:
   """Runs the tests of `test_file` selected by `keyword` (pytest -k) in a
   process whose oneDNN is limited to AVX2 (ONEDNN_MAX_CPU_ISA), as on a CPU
