@@ -185,6 +185,13 @@ def _normalize_batch_backward(epsilon, residuals, cotangents):
 normalize_batch.defvjp(_normalize_batch_forward, _normalize_batch_backward)
 
 
+def _unbiased_factor(n):
+  """n / (n - 1): the biased variance of n values to the unbiased one (n = 1,
+  where PyTorch refuses to train, keeps the biased one). `n` may be traced
+  (a psum over devices)."""
+  return n / jnp.maximum(n - 1, 1)
+
+
 class BatchNorm(nn.BatchNorm):
   """nn.BatchNorm whose running variance averages the unbiased batch variance,
   normalising training batches with `normalize_batch`.
@@ -216,11 +223,10 @@ class BatchNorm(nn.BatchNorm):
       n = int(np.prod([d for a, d in enumerate(x.shape) if a not in feature_axes]))
       if self.axis_name is not None:
         n = lax.psum(n, self.axis_name)
-      # flax stored momentum * old + (1 - momentum) * biased: rescale the new term
-      # (n = 1, where PyTorch refuses to train, keeps the biased one).
+      # flax stored momentum * old + (1 - momentum) * biased: rescale the new term.
       kept = self.momentum * old_var
       fresh = self.get_variable("batch_stats", "var") - kept
-      self.put_variable("batch_stats", "var", kept + fresh * (n / jnp.maximum(n - 1, 1)))
+      self.put_variable("batch_stats", "var", kept + fresh * _unbiased_factor(n))
     return y
 
   def _normalizes_itself(self, x) -> bool:
@@ -249,7 +255,7 @@ class BatchNorm(nn.BatchNorm):
     y, mean, var = normalize_batch(x.astype(self.dtype), scale, bias, self.epsilon)
     n = x.size // x.shape[-1]
     ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * (n / max(n - 1, 1))
+    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * _unbiased_factor(n)
     return y
 
 
