@@ -61,7 +61,7 @@ def test_a_config_variant_is_picked_after_a_colon_and_an_unknown_one_is_named():
   values(["prog"])
   budget = values.config
   full = importlib.import_module("cifar_jax.configs.resnet18").get_config()
-  assert (budget.num_epochs, full.num_epochs) == (5, 200)
+  assert (budget.num_epochs, full.num_epochs) == (20, 200)
   assert budget.schedule.name == "onecycle" and budget.half_precision == "auto"
   config_checks.validate_config(budget)
   with pytest.raises(ValueError, match="unknown config variant 'fast'.*':budget'"):

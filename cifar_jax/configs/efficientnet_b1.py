@@ -1,6 +1,7 @@
 """EfficientNet-B1: EfficientNet-B0's recipe (B1 is B0 with depth x1.1).
 
-`:budget`: efficientnet_b0's, 3 epochs.
+`:budget`: efficientnet_b0's, 6 epochs (~14 minutes an epoch in bf16 on the
+2-core Zen 5; 3 in fp32 on a Zen 3).
 """
 
 from cifar_jax.configs import base
@@ -15,5 +16,5 @@ def get_config(variant: str | None = None):
 
 def budget(config):
   config = efficientnet_b0.budget(config)
-  config.num_epochs = 3
+  config.num_epochs = 6
   return config

@@ -1,6 +1,7 @@
 """CIFAR ResNet34: ResNet18's recipe.
 
-`:budget` (configs/base.py `budget_convnet`): 2 epochs, one-cycle to lr 0.2.
+`:budget` (configs/base.py `budget_convnet`): 11 epochs, one-cycle to lr 0.2
+(~7.7 minutes an epoch in bf16 on the 2-core Zen 5; 2 in fp32 on a Zen 3).
 """
 
 from cifar_jax.configs import base
@@ -14,4 +15,4 @@ def get_config(variant: str | None = None):
 
 
 def budget(config):
-  return base.budget_convnet(config, num_epochs=2, learning_rate=0.2)
+  return base.budget_convnet(config, num_epochs=11, learning_rate=0.2)
