@@ -175,7 +175,7 @@ def _muon_config(**optimizer):
 
 
 def _conv_and_dense_params():
-  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  keys = jax.random.split(jax.random.key(0), 3)
   return {
     "Conv_0": {"kernel": jax.random.normal(keys[0], (3, 3, 8, 16))},
     "Dense_0": {
