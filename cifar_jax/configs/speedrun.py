@@ -44,9 +44,10 @@ cores busy, and memory is no obstacle (2.4 GB peak for the benchmark at batch
 halves by itself; raise `ema_decay` to ~0.975 to keep the EMA's horizon in
 images.
 
-Not in this config (yet): freezing the whitening bias after 3 epochs (it
-trains throughout; `--config.optimizer.freeze_params=whiten/bias
---config.optimizer.freeze_after_epochs=3` freezes it).
+Not in this config: freezing the whitening bias after 3 epochs, as
+airbench94 does (`--config.optimizer.freeze_params=whiten/bias
+--config.optimizer.freeze_after_epochs=3`). With lookahead at 10 epochs it
+reached 90.57% (mean of 3 seeds) against 90.64% without (README).
 
 Compute is `half_precision="auto"`: bf16 where the device has it natively,
 as airbench's fp16 on GPU (with oneDNN convolutions on a CPU with
