@@ -442,11 +442,16 @@ def test_tta_views():
   np.testing.assert_array_equal(views[1], x[:, :, ::-1])
   views = augment.tta_views(x, "flip_translate")
   assert len(views) == 10 and all(v.shape == x.shape for v in views)
-  right = np.asarray(views[2])  # shifted right by 2
+  x = np.asarray(x)
+  right = np.asarray(views[2])  # shifted right by 2, the border reflected
   np.testing.assert_array_equal(right[:, :, 2:], x[:, :, :-2])
-  np.testing.assert_array_equal(right[:, :, :2], 0)
+  np.testing.assert_array_equal(right[:, :, :2], x[:, :, 2:0:-1])
   up = np.asarray(views[5])  # shifted up by 2
   np.testing.assert_array_equal(up[:, :-2], x[:, 2:])
+  np.testing.assert_array_equal(up[:, -2:], x[:, -2:-4:-1])
   np.testing.assert_array_equal(np.asarray(views[6])[:, :, 2:], x[:, :, ::-1][:, :, :-2])
+  # Every view is a rearrangement of the image's own pixels: no fill value.
+  for view in views:
+    assert set(np.unique(np.asarray(view))) <= set(np.unique(x))
   with pytest.raises(ValueError, match="Unknown TTA mode"):
     augment.tta_views(x, "five_crop")
