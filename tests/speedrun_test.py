@@ -1,5 +1,5 @@
 """The speedrun network: data-initialised patch whitening, dirac init, and its
-config trained end to end (with EMA and TTA evaluation) on a tiny split."""
+config trained end to end (with lookahead or EMA and TTA evaluation) on a tiny split."""
 
 import functools
 import json
@@ -106,7 +106,7 @@ def test_dirac_init_starts_convs_as_identities():
 
 def test_speedrun_config_trains_and_evaluates_with_tta(tmp_path, compile_cache):
   """The full recipe (SGD with the 64x BatchNorm-bias lr, triangle schedule,
-  label smoothing, EMA, flip_translate TTA) at reduced width, through the
+  label smoothing, lookahead, flip_translate TTA) at reduced width, through the
   ordinary loop: accuracy rises, evaluate.py restores the run, and the
   whitening filters stay frozen."""
   config = _config()
@@ -128,7 +128,7 @@ def test_speedrun_config_trains_and_evaluates_with_tta(tmp_path, compile_cache):
   assert records[-1]["train_accuracy"] > records[0]["train_accuracy"] + 0.2, records
   assert record["eval_accuracy"] > 0.3 and record["ema_eval_accuracy"] > 0.3, record  # chance 0.1
 
-  # evaluate.py restores into a template made without images: the EMA weights
+  # evaluate.py restores into a template made without images: the slow weights
   # it evaluates, TTA included, are those of the run.
   result = evaluate.evaluate(config, tmp_path, split=eval_split)
   assert result["accuracy"] == pytest.approx(record["ema_eval_accuracy"])

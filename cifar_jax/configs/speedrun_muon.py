@@ -41,6 +41,7 @@ def get_config():
   config.num_epochs = 8
   config.batch_size = 2000
   config.ema_decay = 0.0
+  config.lookahead.every_steps = 0
 
   config.optimizer.name = "muon"  # base's muon_* defaults are airbench94_muon's
   config.optimizer.momentum = 0.85
