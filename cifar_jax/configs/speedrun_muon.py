@@ -6,9 +6,10 @@ On the shared JPEG-q75 data, trained on train[:45000], these 8 epochs gave
 90.84%, 90.66% and 91.02% validation accuracy (seeds 0, 1, 2, bf16,
 flip+translate TTA; mean 90.84%), the 90.7% that PyTorch's airbench94
 reaches on this CPU being the project's speed-run target. (In float32, with
-the TTA's old black-bordered translations: 90.52%, 90.82%, 90.78%.) Without the whitening bias's schedule
-below the same 8 epochs gave 90.24% and 90.52% (seeds 0 and 1), which is why
-the config ran 10 before (see the README's Speed run section).
+the TTA's old black-bordered translations: 90.52%, 90.82%, 90.78%.)
+Without the whitening bias's schedule below the same 8 epochs gave 90.24%
+and 90.52% (seeds 0 and 1, black borders), which is why the config ran 10
+before (see the README's Speed run section).
 
     python -m cifar_jax.main --config=configs/speedrun_muon.py --workdir=runs/speedrun_muon
 
