@@ -40,9 +40,7 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
   check(config.parallel in ("jit", "pmap"), "parallel", "'jit' or 'pmap'")
-  check(
-    isinstance(config.num_epochs, int) and config.num_epochs > 0, "num_epochs", "a positive integer"
-  )
+  check(number("num_epochs") > 0, "num_epochs", "a positive number of epochs (e.g. 10 or 9.9)")
   for key in (
     "batch_size",
     "eval_batch_size",

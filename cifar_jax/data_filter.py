@@ -34,6 +34,7 @@ import numpy as np
 from cifar_jax import distributed
 from cifar_jax import input_pipeline
 from cifar_jax import models
+from cifar_jax import optim
 from cifar_jax import progress
 from cifar_jax import workdir as workdir_lib
 
@@ -163,7 +164,7 @@ def selection(
   draws, using its step keys (from `base_rng`), and saved.
   """
   par, steps_in_epoch = proxy_run.par, proxy_run.steps_in_epoch
-  total = steps_in_epoch * main_config.num_epochs
+  total = optim.total_steps(main_config, steps_in_epoch)
   shape = (total, par.num_devices, keep_per_device(main_config, par.num_devices))
   path = Path(workdir) / SELECTION_FILE
   fingerprint = _fingerprint(main_config, num_examples, par.num_devices)
@@ -185,12 +186,13 @@ def _run_proxy(
   rows = np.zeros(shape, np.int32)
   steps_in_epoch, c = proxy_run.steps_in_epoch, main_config
   step = 0
-  for epoch in range(c.num_epochs):
+  for epoch in range(optim.epoch_passes(c, steps_in_epoch)):
     plan, flips = input_pipeline.epoch_batches(
       num_examples, c.batch_size, c.seed, epoch, c.alternating_flip
     )
-    with progress.bar(steps_in_epoch, f"proxy epoch {epoch + 1}/{c.num_epochs}") as bar:
-      for row in range(steps_in_epoch):
+    rows_in_pass = min(steps_in_epoch, shape[0] - step)
+    with progress.bar(rows_in_pass, f"proxy epoch {epoch + 1}/{c.num_epochs:g}") as bar:
+      for row in range(rows_in_pass):
         batch = proxy_run.train_batch(train_data, plan[row], None if flips is None else flips[row])
         state, rows[step] = proxy_step(state, batch, jax.random.fold_in(base_rng, step))
         step += 1

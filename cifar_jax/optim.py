@@ -1,7 +1,7 @@
 """Optimizers, learning-rate schedules and weight-decay masks (optax).
 
-Durations in configs are epochs; `steps_per_epoch` and `epochs_to_steps` are
-the one place that turns them into optimizer steps.
+Durations in configs are epochs; `steps_per_epoch`, `epochs_to_steps` and
+`total_steps` are the one place that turns them into optimizer steps.
 """
 
 from __future__ import annotations
@@ -25,6 +25,19 @@ def epochs_to_steps(epochs: float, steps_in_epoch: float) -> int:
   return int(round(epochs * steps_in_epoch))
 
 
+def total_steps(config: ml_collections.ConfigDict, steps_in_epoch: float) -> int:
+  """The run's length in steps: `num_epochs` epochs, at least one step.
+
+  `num_epochs` may be fractional (airbench94 trains 9.9 epochs): the last
+  pass over the data then stops part-way, and every schedule ends there."""
+  return max(epochs_to_steps(config.num_epochs, steps_in_epoch), 1)
+
+
+def epoch_passes(config: ml_collections.ConfigDict, steps_in_epoch: int) -> int:
+  """How many passes over the data `total_steps` takes (the last may be partial)."""
+  return -(-total_steps(config, steps_in_epoch) // steps_in_epoch)
+
+
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
   """`optimizer.learning_rate`, linearly scaled with the batch size when
   `optimizer.lr_base_batch_size` is set (Goyal et al., 2017)."""
@@ -39,7 +52,7 @@ def create_learning_rate_fn(
 ) -> optax.Schedule:
   s = config.schedule
   peak = peak_learning_rate(config)
-  total = max(epochs_to_steps(config.num_epochs, steps_in_epoch), 1)
+  total = total_steps(config, steps_in_epoch)
   warmup = min(epochs_to_steps(s.warmup_epochs, steps_in_epoch), total - 1)
   if s.name == "onecycle":
     return optax.cosine_onecycle_schedule(
@@ -92,7 +105,7 @@ def lookahead_decay_fn(
   """airbench94's lookahead decay at step `count` (steps done): ramping as
   (count / total)^3 from 0 to `lookahead.decay` at the last step, so the
   weights move freely early and are averaged strongly at the end."""
-  total = max(steps_in_epoch * config.num_epochs, 1)
+  total = total_steps(config, steps_in_epoch)
   peak = config.lookahead.decay if "lookahead" in config else 0.0
   return lambda count: peak * (count.astype(jnp.float32) / total) ** 3
 

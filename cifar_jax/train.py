@@ -26,6 +26,7 @@ from cifar_jax import data_filter
 from cifar_jax import distributed
 from cifar_jax import input_pipeline
 from cifar_jax import metrics as metrics_lib
+from cifar_jax import optim
 from cifar_jax import profiling
 from cifar_jax import progress
 from cifar_jax import records
@@ -133,6 +134,9 @@ def _train_and_evaluate(
     init_images=train_split.images[: run_lib.DATA_INIT_IMAGES],
   )
   par, steps_in_epoch = run.par, run.steps_in_epoch
+  total_steps = optim.total_steps(config, steps_in_epoch)
+  epoch_passes = optim.epoch_passes(config, steps_in_epoch)
+  epochs_label = f"{config.num_epochs:g}"
   ckpt = checkpoint.Checkpointer(
     workdir,
     max_to_keep=config.checkpoint.max_to_keep,
@@ -159,7 +163,7 @@ def _train_and_evaluate(
 
   train_data = run.put_split(train_split)
   kept_rows = None
-  if data_filter.enabled(config) and step < steps_in_epoch * config.num_epochs:
+  if data_filter.enabled(config) and step < total_steps:
     proxy_run = run_lib.build_run(
       data_filter.proxy_config(config),
       num_train_examples=len(train_split),
@@ -188,9 +192,9 @@ def _train_and_evaluate(
     file=sys.stderr,
   )
 
-  if step >= steps_in_epoch * config.num_epochs:
+  if step >= total_steps:
     print(
-      f"{workdir} already holds a run trained for {config.num_epochs} epochs; "
+      f"{workdir} already holds a run trained for {epochs_label} epochs; "
       "raise --config.num_epochs to train on, or evaluate it with --mode=eval.",
       file=sys.stderr,
     )
@@ -202,8 +206,9 @@ def _train_and_evaluate(
   stop = _StopRequest()
   try:
     with stop:
-      start_epoch = step // steps_in_epoch
-      for epoch in range(start_epoch, config.num_epochs):
+      # A finished fractional run stops part-way through its last pass.
+      start_epoch = step // steps_in_epoch if step < total_steps else epoch_passes
+      for epoch in range(start_epoch, epoch_passes):
         weights = None
         if config.hard_mining.enabled and epoch >= config.hard_mining.start_epoch:
           losses = train_loss_evaluator.run(state, per_example=True)[1]["loss"]
@@ -220,12 +225,14 @@ def _train_and_evaluate(
         partial_epoch = None
         start = time.perf_counter()
         first_step = step
+        # A fractional num_epochs ends the last pass part-way.
+        rows_in_pass = min(steps_in_epoch, total_steps - epoch * steps_in_epoch)
         with progress.bar(
-          steps_in_epoch,
-          f"epoch {epoch + 1}/{config.num_epochs}",
+          rows_in_pass,
+          f"epoch {epoch + 1}/{epochs_label}",
           initial=step - epoch * steps_in_epoch,
         ) as bar:
-          for row in range(step - epoch * steps_in_epoch, steps_in_epoch):
+          for row in range(step - epoch * steps_in_epoch, rows_in_pass):
             batch = run.train_batch(
               train_data,
               plan[row],
@@ -253,7 +260,7 @@ def _train_and_evaluate(
         sums = acc.fetch()
         metrics_lib.check_finite(sums, epoch + 1)
         stopping = stop.requested or step == stop_after_steps
-        if stopping and step < (epoch + 1) * steps_in_epoch:
+        if stopping and step < epoch * steps_in_epoch + rows_in_pass:
           # The sums so far go with the checkpoint: the resumed epoch's record
           # then covers all of its steps.
           ckpt.save(step, par.unreplicate(state), partial_epoch=metrics_lib.to_host(sums))
@@ -272,7 +279,7 @@ def _train_and_evaluate(
         }
         if epoch == start_epoch:
           record["compile_s"] = compile_s
-        last = epoch + 1 == config.num_epochs
+        last = epoch + 1 == epoch_passes
         periodic = config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0
         if evaluators and (periodic or last):
           for prefix, evaluator in evaluators:

@@ -139,6 +139,34 @@ def test_run_writes_config_metrics_and_checkpoints(tiny_config, tmp_path):
   assert list((tmp_path / "tensorboard").iterdir())
 
 
+def test_fractional_epochs_end_part_way_through_the_last_pass(tiny_config, tmp_path, capsys):
+  """airbench94's 9.9 epochs: the run, its schedule and its last record stop
+  at round(num_epochs * steps_in_epoch) steps, and the run resumes from there."""
+  train_split = make_split(128)  # 4 steps per epoch
+  tiny_config.num_epochs = 1.5
+  tiny_config.schedule.name = "linear_onecycle"
+  tiny_config.schedule.pct_start = 0.0
+  tiny_config.schedule.div_factor = 1.0
+  tiny_config.schedule.end_lr_factor = 0.0
+  record = train.train_and_evaluate(
+    tiny_config, tmp_path, train_split=train_split, eval_split=make_split(40, seed=1)
+  )
+  rows = records_lib.read(tmp_path).records
+  assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 6)]
+  assert record["step"] == 6 and "eval_accuracy" in record
+  # The schedule (peak falling linearly to 0) spans the 6 steps: lr(3) = peak/2, lr(5) = peak/6.
+  assert rows[1]["learning_rate"] == pytest.approx(rows[0]["learning_rate"] / 3, rel=1e-5)
+  capsys.readouterr()
+  # Finished: the same command trains nothing more.
+  train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split, eval_split=None)
+  assert len(records_lib.read(tmp_path).records) == 2
+  assert "already holds a run trained for 1.5 epochs" in capsys.readouterr().err
+  # Raised to 2 epochs, it finishes the second pass.
+  tiny_config.num_epochs = 2
+  record = train.train_and_evaluate(tiny_config, tmp_path, train_split=train_split, eval_split=None)
+  assert record["step"] == 8
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
   train_split = make_split(96)  # 3 steps per epoch
   tiny_config.optimizer.name = "sgd"
@@ -388,7 +416,7 @@ def test_every_bad_value_is_named_before_any_work(tiny_config):
     "config.optimizer.momentum must be in [0, 1), not 1.5",
     "config.batch_size=30 must be a multiple of the 4 devices",
     "config.eval_batch_size=10 must be a multiple of the 4 devices",
-    "config.num_epochs must be a positive integer, not 0",
+    "config.num_epochs must be a positive number of epochs (e.g. 10 or 9.9), not 0.0",
   ):
     assert part in message
 

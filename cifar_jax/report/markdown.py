@@ -57,7 +57,7 @@ def _run_section(run: RunData, figures: dict[str, str]) -> list[str]:
   s = run_summary(run)
   kind = "validation" if is_validation(run.eval_split) else "eval"
   split = f" on `{run.eval_split}`" if run.eval_split else ""
-  epochs = f"{s['epochs']} / {s['num_epochs']}" if s["num_epochs"] else str(s["epochs"])
+  epochs = f"{s['epochs']} / {s['num_epochs']:g}" if s["num_epochs"] else str(s["epochs"])
   time = "n/a"
   if s["train_time_s"] is not None:
     time = f"{s['train_time_s']:.1f} s ({s['train_time_s'] / 60:.1f} min)"
@@ -112,7 +112,7 @@ def report_markdown(runs: Sequence[RunData], figures: dict[str, Any]) -> str:
     s = run_summary(run)
     point = run.accuracy_point
     acc = f"{_pct(point[0])} ({'--mode=eval' if point[1] else 'last logged'})" if point else "n/a"
-    status = f"{s['epochs']} / {s['num_epochs']}" if s["num_epochs"] else str(s["epochs"])
+    status = f"{s['epochs']} / {s['num_epochs']:g}" if s["num_epochs"] else str(s["epochs"])
     params = f"{s['params']:,}" if s["params"] else "n/a"
     model = f"`{s['model']}`" if s["model"] != "unknown" else "unknown"
     lines.append(f"| {run.name} | {model} | {params} | {acc} | {status} |")

@@ -65,7 +65,7 @@ class RunData:
     return self.evals[0].get("split") if self.evals else None
 
   @property
-  def num_epochs(self) -> int | None:
+  def num_epochs(self) -> float | None:
     return self.config.get("num_epochs") if self.config else None
 
   @property
@@ -163,7 +163,7 @@ def load_run(workdir: str | Path, slug: str | None = None) -> RunData:
     )
   elif run.num_epochs and run.metrics[-1]["epoch"] < run.num_epochs:
     run.notes.append(
-      f"only {run.metrics[-1]['epoch']} of {run.num_epochs} epochs done: "
+      f"only {run.metrics[-1]['epoch']} of {run.num_epochs:g} epochs done: "
       "the run is still going (or was stopped; the same command resumes it)"
     )
   for path in sorted(workdir.glob("eval_*.json")):
