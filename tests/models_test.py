@@ -395,6 +395,34 @@ def test_bf16_conv_bias_gradient_compiles_to_one_reduction():
   assert "reduce-window" not in compiled_gradient(layers.Conv)
 
 
+def test_gelu_equals_flax_gelu_and_rounds_once_in_bf16():
+  """layers.gelu (one fused pass each way) is nn.gelu's tanh approximation:
+  the same values and gradients in float32; in bf16 both round the output
+  alike, and its gradient, computed in float32 and rounded once, is closer
+  to the float32 one than autodiff of nn.gelu's bf16 chain."""
+  import flax.linen as nn
+
+  from cifar_jax.models import layers
+
+  x = 3.0 * jax.random.normal(jax.random.key(0), (4096,))
+  weights = jax.random.normal(jax.random.key(1), x.shape)
+
+  def grad(fn, x):
+    return jax.grad(lambda v: jnp.sum(fn(v).astype(jnp.float32) * weights))(x)
+
+  np.testing.assert_allclose(layers.gelu(x), nn.gelu(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grad(layers.gelu, x), grad(nn.gelu, x), rtol=1e-5, atol=1e-5)
+  reference = np.asarray(grad(nn.gelu, x))
+  xb = x.astype(jnp.bfloat16)
+  ours, theirs = layers.gelu(xb), nn.gelu(xb)
+  assert ours.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.float32(ours), np.float32(theirs), rtol=2e-2, atol=2e-2)
+  our_error = np.abs(np.float32(grad(layers.gelu, xb)) - reference)
+  their_error = np.abs(np.float32(grad(nn.gelu, xb)) - reference)
+  assert our_error.max() < their_error.max() and our_error.mean() <= their_error.mean()
+  assert layers.activation("gelu") is layers.gelu
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("affine", [True, False])
 def test_batch_norm_training_equals_flax_batch_norm(dtype, affine):

@@ -116,11 +116,45 @@ def conv_module(conv_general_dilated: ConvFn) -> ModuleDef:
   return functools.partial(Conv, conv_general_dilated=conv_general_dilated)
 
 
+_GELU_C = float(np.sqrt(2.0 / np.pi))
+_GELU_A = 0.044715
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+  """GELU, tanh approximation (flax's `nn.gelu` default), as one pass over
+  the activations each way: computed in float32 from `x` and rounded once to
+  its dtype; the gradient recomputes the tanh from the saved input. Autodiff
+  of `nn.gelu` on bf16 makes XLA:CPU store the cube term, the tanh and the
+  half-sum as bf16 arrays of their own (each rounded) and read them back in
+  the backward pass."""
+  return _gelu_forward(x)[0]
+
+
+def _gelu_tanh(xf: jax.Array) -> jax.Array:
+  return jnp.tanh(_GELU_C * (xf + _GELU_A * xf * xf * xf))
+
+
+def _gelu_forward(x):
+  xf = x.astype(jnp.float32)
+  return (0.5 * xf * (1.0 + _gelu_tanh(xf))).astype(x.dtype), x
+
+
+def _gelu_backward(x, dy):
+  xf = x.astype(jnp.float32)
+  t = _gelu_tanh(xf)
+  slope = 0.5 * (1.0 + t) + 0.5 * xf * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * xf * xf)
+  return ((dy.astype(jnp.float32) * slope).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_forward, _gelu_backward)
+
+
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
   "relu": nn.relu,
   "leaky_relu": lambda x: nn.leaky_relu(x, negative_slope=0.01),
   "relu6": nn.relu6,
-  "gelu": nn.gelu,
+  "gelu": gelu,
   "swish": nn.swish,
   "silu": nn.silu,
   "mish": lambda x: x * jnp.tanh(nn.softplus(x)),

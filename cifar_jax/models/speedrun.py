@@ -37,8 +37,9 @@ PyTorch's (U(+-1/sqrt(fan_in))) with the first ``min(in, out)`` filters set
 to the identity ("dirac" init, an implicit residual); BatchNorm with running
 statistics momentum 0.6 (flax convention; PyTorch's 0.4), a bias and no scale
 (eps stays 1e-5, not airbench's 1e-12: float32 activations of order one make
-the difference immaterial). Activation is flax's GELU (tanh approximation;
-airbench uses the exact erf form).
+the difference immaterial). Activation is GELU's tanh approximation as
+`layers.gelu` computes it, one fused pass each way (airbench uses the exact
+erf form).
 """
 
 from __future__ import annotations
