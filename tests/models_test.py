@@ -395,32 +395,45 @@ def test_bf16_conv_bias_gradient_compiles_to_one_reduction():
   assert "reduce-window" not in compiled_gradient(layers.Conv)
 
 
-def test_gelu_equals_flax_gelu_and_rounds_once_in_bf16():
-  """layers.gelu (one fused pass each way) is nn.gelu's tanh approximation:
-  the same values and gradients in float32; in bf16 both round the output
-  alike, and its gradient, computed in float32 and rounded once, is closer
-  to the float32 one than autodiff of nn.gelu's bf16 chain."""
+@pytest.mark.parametrize("name", ["gelu", "gelu_exact", "swish"])
+def test_one_pass_activations_equal_flax_and_round_once_in_bf16(name):
+  """layers.gelu, gelu_exact and swish (one fused pass each way) are flax's
+  nn.gelu, nn.gelu(approximate=False) and nn.swish: the same values and
+  gradients in float32; in bf16 they round the output alike, and their
+  gradient, computed in float32 and rounded once, is closer to the float32
+  one than autodiff of flax's bf16 chain."""
   import flax.linen as nn
 
   from cifar_jax.models import layers
 
+  ours = getattr(layers, name)
+  theirs = {
+    "gelu": nn.gelu,
+    "gelu_exact": lambda v: nn.gelu(v, approximate=False),
+    "swish": nn.swish,
+  }[name]
   x = 3.0 * jax.random.normal(jax.random.key(0), (4096,))
   weights = jax.random.normal(jax.random.key(1), x.shape)
 
   def grad(fn, x):
     return jax.grad(lambda v: jnp.sum(fn(v).astype(jnp.float32) * weights))(x)
 
-  np.testing.assert_allclose(layers.gelu(x), nn.gelu(x), rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(grad(layers.gelu, x), grad(nn.gelu, x), rtol=1e-5, atol=1e-5)
-  reference = np.asarray(grad(nn.gelu, x))
+  np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(grad(ours, x), grad(theirs, x), rtol=1e-5, atol=1e-5)
+  reference = np.asarray(grad(theirs, x))
   xb = x.astype(jnp.bfloat16)
-  ours, theirs = layers.gelu(xb), nn.gelu(xb)
-  assert ours.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.float32(ours), np.float32(theirs), rtol=2e-2, atol=2e-2)
-  our_error = np.abs(np.float32(grad(layers.gelu, xb)) - reference)
-  their_error = np.abs(np.float32(grad(nn.gelu, xb)) - reference)
+  assert ours(xb).dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.float32(ours(xb)), np.float32(theirs(xb)), rtol=2e-2, atol=2e-2)
+  our_error = np.abs(np.float32(grad(ours, xb)) - reference)
+  their_error = np.abs(np.float32(grad(theirs, xb)) - reference)
   assert our_error.max() < their_error.max() and our_error.mean() <= their_error.mean()
+
+
+def test_named_activations_are_the_one_pass_ones():
+  from cifar_jax.models import layers
+
   assert layers.activation("gelu") is layers.gelu
+  assert layers.activation("swish") is layers.activation("silu") is layers.swish
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
