@@ -233,8 +233,8 @@ def test_compare_torch_times_the_zoo_with_torch_zoo_bench(monkeypatch):
 
 
 def test_time_to_target_multiplies_each_sides_epochs_by_its_epoch_time(monkeypatch):
-  """Both sides stubbed: JAX at 1,000 img/s needs speedrun_muon's own 8
-  epochs of 50,000 images (400 s), or --jax_epochs of them; PyTorch at 800
+  """Both sides stubbed: JAX at 1,000 img/s needs speedrun_muon's own 7.5
+  epochs of 50,000 images (375 s), or --jax_epochs of them; PyTorch at 800
   img/s 9.9 epochs (618.75 s)."""
   script = _script("time_to_target")
   calls = []
@@ -249,14 +249,14 @@ def test_time_to_target_multiplies_each_sides_epochs_by_its_epoch_time(monkeypat
   argv = ["--rounds=1", "--torch_python=python", "--torch_script=t.py"]
   out = _stdout_of(script.main, argv)
   (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-  assert row["jax_epochs"] == 8  # configs/speedrun_muon.py's num_epochs
-  assert row["jax_time_to_target_s"] == 400.0 and row["torch_time_to_target_s"] == 618.8
-  assert row["ratio"] == pytest.approx(400 / 618.75, abs=1e-3)
+  assert row["jax_epochs"] == 7.5  # configs/speedrun_muon.py's num_epochs
+  assert row["jax_time_to_target_s"] == 375.0 and row["torch_time_to_target_s"] == 618.8
+  assert row["ratio"] == pytest.approx(375 / 618.75, abs=1e-3)
   assert row["jax_batch"] == 2000  # speedrun_muon's own batch
   jax_cmd, torch_cmd = calls
   assert "--models=speedrun_muon" in jax_cmd and "--batch=2000" in jax_cmd
   assert "--models=speedrun" in torch_cmd and "--batch=1024" in torch_cmd
-  assert out.rstrip().endswith("median 0.65")
+  assert out.rstrip().endswith("median 0.61")
 
   out = _stdout_of(script.main, argv + ["--jax_epochs=10"])
   (row,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
