@@ -199,10 +199,12 @@ def test_filtered_run_trains_on_the_proxys_rows_and_reuses_them_when_resumed(
 
 
 def test_filtered_run_under_pmap_keeps_rows_per_device(tmp_path, compile_cache):
+  """Also a fractional run: the proxy chooses rows for its 8 steps only."""
   config = _small_config(compile_cache)
   config.parallel = "pmap"
-  config.num_epochs = 1
+  config.num_epochs = 1.5  # 5 steps per epoch: round(7.5) = 8 steps, the last pass stops at 3
   record, _ = _run(config, tmp_path)
   saved = np.load(tmp_path / data_filter.SELECTION_FILE)["rows"]
-  assert saved.shape == (5, 4, 4) and saved.max() < 8
+  assert saved.shape == (8, 4, 4) and saved.max() < 8
+  assert (record["epoch"], record["step"]) == (2, 8)
   assert np.isfinite(record["train_loss"]) and np.isfinite(record["ema_eval_loss"])

@@ -157,10 +157,14 @@ def _gelu_tanh_slope(x):
   return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * x * x)
 
 
+# erfc as flax writes it: lax.erf lowers to a StableHLO composite that
+# TensorFlow's deserializer (jax2tf export) does not know.
+def _gelu_erf_cdf(x):
+  return 0.5 * lax.erfc(x * np.float32(-np.sqrt(0.5)))
+
+
 def _gelu_erf_slope(x):
-  return 0.5 * (1.0 + lax.erf(x * np.float32(np.sqrt(0.5)))) + x * jnp.exp(
-    -0.5 * x * x
-  ) * np.float32(1.0 / np.sqrt(2.0 * np.pi))
+  return _gelu_erf_cdf(x) + x * jnp.exp(-0.5 * x * x) * np.float32(1.0 / np.sqrt(2.0 * np.pi))
 
 
 def _swish_slope(x):
@@ -170,9 +174,7 @@ def _swish_slope(x):
 
 # flax's nn.gelu (tanh approximation), nn.gelu(approximate=False) and nn.swish.
 gelu = _one_pass_activation("gelu", lambda x: 0.5 * x * (1.0 + _gelu_tanh(x)), _gelu_tanh_slope)
-gelu_exact = _one_pass_activation(
-  "gelu_exact", lambda x: 0.5 * x * (1.0 + lax.erf(x * np.float32(np.sqrt(0.5)))), _gelu_erf_slope
-)
+gelu_exact = _one_pass_activation("gelu_exact", lambda x: x * _gelu_erf_cdf(x), _gelu_erf_slope)
 swish = _one_pass_activation("swish", lambda x: x * jax.nn.sigmoid(x), _swish_slope)
 
 
