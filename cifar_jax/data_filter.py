@@ -186,11 +186,10 @@ def _run_proxy(
   rows = np.zeros(shape, np.int32)
   steps_in_epoch, c = proxy_run.steps_in_epoch, main_config
   step = 0
-  for epoch in range(optim.epoch_passes(c, steps_in_epoch)):
+  for epoch, rows_in_pass in enumerate(optim.pass_steps(c, steps_in_epoch)):
     plan, flips = input_pipeline.epoch_batches(
       num_examples, c.batch_size, c.seed, epoch, c.alternating_flip
     )
-    rows_in_pass = min(steps_in_epoch, shape[0] - step)
     with progress.bar(rows_in_pass, f"proxy epoch {epoch + 1}/{c.num_epochs:g}") as bar:
       for row in range(rows_in_pass):
         batch = proxy_run.train_batch(train_data, plan[row], None if flips is None else flips[row])

@@ -1,7 +1,8 @@
 """Optimizers, learning-rate schedules and weight-decay masks (optax).
 
-Durations in configs are epochs; `steps_per_epoch`, `epochs_to_steps` and
-`total_steps` are the one place that turns them into optimizer steps.
+Durations in configs are epochs; `steps_per_epoch`, `epochs_to_steps`,
+`total_steps` and `pass_steps` are the one place that turns them into
+optimizer steps.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def total_steps(config: ml_collections.ConfigDict, steps_in_epoch: float) -> int
   return max(epochs_to_steps(config.num_epochs, steps_in_epoch), 1)
 
 
-def epoch_passes(config: ml_collections.ConfigDict, steps_in_epoch: int) -> int:
-  """How many passes over the data `total_steps` takes (the last may be partial)."""
-  return -(-total_steps(config, steps_in_epoch) // steps_in_epoch)
+def pass_steps(config: ml_collections.ConfigDict, steps_in_epoch: int) -> list[int]:
+  """The steps of each pass over the data that `total_steps` takes:
+  `steps_in_epoch` each, the last one cut short when `num_epochs` is fractional."""
+  full, rest = divmod(total_steps(config, steps_in_epoch), steps_in_epoch)
+  return [steps_in_epoch] * full + ([rest] if rest else [])
 
 
 def peak_learning_rate(config: ml_collections.ConfigDict) -> float:

@@ -135,7 +135,7 @@ def _train_and_evaluate(
   )
   par, steps_in_epoch = run.par, run.steps_in_epoch
   total_steps = optim.total_steps(config, steps_in_epoch)
-  epoch_passes = optim.epoch_passes(config, steps_in_epoch)
+  passes = optim.pass_steps(config, steps_in_epoch)  # the last is short for fractional epochs
   epochs_label = f"{config.num_epochs:g}"
   ckpt = checkpoint.Checkpointer(
     workdir,
@@ -207,8 +207,8 @@ def _train_and_evaluate(
   try:
     with stop:
       # A finished fractional run stops part-way through its last pass.
-      start_epoch = step // steps_in_epoch if step < total_steps else epoch_passes
-      for epoch in range(start_epoch, epoch_passes):
+      start_epoch = step // steps_in_epoch if step < total_steps else len(passes)
+      for epoch in range(start_epoch, len(passes)):
         weights = None
         if config.hard_mining.enabled and epoch >= config.hard_mining.start_epoch:
           losses = train_loss_evaluator.run(state, per_example=True)[1]["loss"]
@@ -225,8 +225,7 @@ def _train_and_evaluate(
         partial_epoch = None
         start = time.perf_counter()
         first_step = step
-        # A fractional num_epochs ends the last pass part-way.
-        rows_in_pass = min(steps_in_epoch, total_steps - epoch * steps_in_epoch)
+        rows_in_pass = passes[epoch]
         with progress.bar(
           rows_in_pass,
           f"epoch {epoch + 1}/{epochs_label}",
@@ -279,7 +278,7 @@ def _train_and_evaluate(
         }
         if epoch == start_epoch:
           record["compile_s"] = compile_s
-        last = epoch + 1 == epoch_passes
+        last = epoch + 1 == len(passes)
         periodic = config.eval_every_epochs and (epoch + 1) % config.eval_every_epochs == 0
         if evaluators and (periodic or last):
           for prefix, evaluator in evaluators:
