@@ -57,6 +57,11 @@ def config_errors(config: ml_collections.ConfigDict, num_devices: int | None = N
         if error:
           errors.append(error)
   check(
+    number("checkpoint.every_minutes") >= 0,
+    "checkpoint.every_minutes",
+    ">= 0 (0: checkpoints only at the ends of epochs)",
+  )
+  check(
     isinstance(config.eval_every_epochs, int) and config.eval_every_epochs >= 0,
     "eval_every_epochs",
     ">= 0 (0: only after the last epoch)",

@@ -187,12 +187,19 @@ def multi_process() -> bool:
 def agree_any(flag: bool) -> bool:
   """Whether `flag` is True on any process (a collective: every process
   must call it at the same point). One process: `flag` itself."""
+  return agree_each(flag)[0]
+
+
+def agree_each(*flags: bool) -> tuple[bool, ...]:
+  """For each flag, whether it is True on any process, in one collective
+  (every process must call it at the same point with as many flags)."""
   if not multi_process():
-    return flag
+    return tuple(bool(f) for f in flags)
   import numpy as np
   from jax.experimental import multihost_utils
 
-  return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+  gathered = np.asarray(multihost_utils.process_allgather(np.asarray(flags, np.int32)))
+  return tuple(bool(x) for x in gathered.reshape(-1, len(flags)).any(axis=0))
 
 
 def barrier(name: str) -> None:

@@ -52,6 +52,8 @@ def main(argv):
       evaluate.evaluate(config, FLAGS.workdir)
   except known_errors as e:
     sys.exit(f"cifar_jax: error: {e}")
+  except train.TrainingStopped:  # its one line is printed: resumable, not finished
+    sys.exit(train.TrainingStopped.EXIT_CODE)
   except KeyboardInterrupt:  # the second Ctrl-C, possibly in the middle of a save
     sys.exit(
       "cifar_jax: interrupted. The workdir keeps its last complete checkpoint "

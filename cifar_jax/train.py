@@ -35,6 +35,23 @@ from cifar_jax import workdir as workdir_lib
 from cifar_jax import writers
 
 
+class TrainingStopped(Exception):
+  """A stop request (Ctrl-C, or SIGTERM on any process) ended training before
+  its last step, with the state checkpointed: the same command resumes.
+  `python -m cifar_jax.main` then exits with status `EXIT_CODE` (75,
+  EX_TEMPFAIL: "try again"), so that `train && evaluate` scripts and
+  schedulers tell a stopped run from a finished one."""
+
+  EXIT_CODE = 75
+
+  def __init__(self, step: int, workdir: Path):
+    super().__init__(
+      f"Stopped at step {step}; checkpoint saved in {workdir}. "
+      "Run the same command again to resume."
+    )
+    self.step = step
+
+
 class _StopRequest:
   """The first Ctrl-C (SIGINT) or SIGTERM (what SLURM and most schedulers send
   before they preempt) asks the loop to stop after the current step, with the
@@ -87,6 +104,11 @@ def train_and_evaluate(
   `train_split` (and optionally `eval_split`; None then skips evaluation)
   bypasses loading, for tests and the search; `stop_after_steps`
   stops like Ctrl-C after that many total steps (for tests of resuming).
+  Raises `TrainingStopped` after a Ctrl-C or SIGTERM (on any process) has
+  stopped it early, its checkpoint saved; `stop_after_steps` returns instead.
+  Besides the per-epoch saves, a mid-epoch checkpoint is written whenever
+  `checkpoint.every_minutes` have passed since the last save, so a process
+  killed without warning (SIGKILL, a lost machine) loses at most that much.
   `epoch_callback(record)` is called after each epoch's record is written;
   when it returns True, training stops after that epoch, with its checkpoint
   saved (the search reports to Ray Tune and ends trials at a rung with it).
@@ -204,6 +226,10 @@ def _train_and_evaluate(
   )
   record: records.EpochRecord = {}
   stop = _StopRequest()
+  signalled = False
+  stopped_at = None  # the step of a stop before the run's end
+  save_every_s = 60.0 * config.checkpoint.every_minutes  # 0: per-epoch saves only
+  last_save = time.monotonic()
   try:
     with stop:
       # A finished fractional run stops part-way through its last pass.
@@ -226,6 +252,7 @@ def _train_and_evaluate(
         start = time.perf_counter()
         first_step = step
         rows_in_pass = passes[epoch]
+        save_due = False
         with progress.bar(
           rows_in_pass,
           f"epoch {epoch + 1}/{epochs_label}",
@@ -252,10 +279,19 @@ def _train_and_evaluate(
                 loss=f"{metrics_lib.means(sums)['loss']:.3f}",
                 img_s=f"{seen / (time.perf_counter() - start):.0f}",
               )
-            # Every process stops at the same step, whichever was signalled.
-            if distributed.agree_any(stop.requested) or step == stop_after_steps:
+            # Every process stops, and saves, at the same step, whichever was
+            # signalled or whichever clock ran out first.
+            save_due = bool(save_every_s) and time.monotonic() - last_save >= save_every_s
+            signalled, save_due = distributed.agree_each(stop.requested, save_due)
+            if signalled or step == stop_after_steps:
               stop.requested = True
               break
+            if save_due and row + 1 < rows_in_pass:  # at the pass's end: with its record
+              sums = acc.fetch()
+              metrics_lib.check_finite(sums, epoch + 1)  # never a NaN state to resume
+              ckpt.save(step, par.unreplicate(state), partial_epoch=metrics_lib.to_host(sums))
+              last_save = time.monotonic()
+              save_due = False
         sums = acc.fetch()
         metrics_lib.check_finite(sums, epoch + 1)
         stopping = stop.requested or step == stop_after_steps
@@ -263,7 +299,7 @@ def _train_and_evaluate(
           # The sums so far go with the checkpoint: the resumed epoch's record
           # then covers all of its steps.
           ckpt.save(step, par.unreplicate(state), partial_epoch=metrics_lib.to_host(sums))
-          _say_stopped(step, workdir)
+          stopped_at = step
           break
         epoch_time = time.perf_counter() - start
         train_means = metrics_lib.means(sums)
@@ -289,26 +325,25 @@ def _train_and_evaluate(
         writer.write_epoch(record)
         if primary:
           print(records.summary_line(record), file=sys.stderr)
-        saved = (epoch + 1) % config.checkpoint.every_epochs == 0 or last or stopping
+        saved = (epoch + 1) % config.checkpoint.every_epochs == 0 or last or stopping or save_due
         if saved:
           ckpt.save(step, par.unreplicate(state), record)
+          last_save = time.monotonic()
         if epoch_callback is not None and epoch_callback(dict(record)):
           if not saved:  # where a resume (e.g. to a later rung) starts
             ckpt.save(step, par.unreplicate(state), record)
           break
         if stopping and not last:
-          _say_stopped(step, workdir)
+          stopped_at = step
           break
   finally:
     profiler.close()
     writer.close()
     ckpt.wait()
     ckpt.close()
+  if stopped_at is not None:
+    stopped = TrainingStopped(stopped_at, workdir)
+    print(stopped, file=sys.stderr)
+    if signalled:
+      raise stopped
   return record
-
-
-def _say_stopped(step: int, workdir: Path) -> None:
-  print(
-    f"Stopped at step {step}; checkpoint saved in {workdir}. Run the same command again to resume.",
-    file=sys.stderr,
-  )

@@ -4,8 +4,9 @@
 # then keeps the run's records (config, metrics, evaluation: not the
 # checkpoints) in ${REPORT_DIR}/records/ and rewrites the report over every run
 # kept there (REPORT_DIR: docs/zoo, the README's zoo figures), so a figure
-# survives the workdir. A run that was stopped resumes from its workdir when
-# the script is started again. Usage, from the repo root:
+# survives the workdir. A run stopped by Ctrl-C or SIGTERM (exit status 75)
+# ends the script before its evaluation; started again, the script resumes it
+# from its workdir. Usage, from the repo root:
 #   DATA_DIR=../shared/tensorflow_datasets scripts/measure_recipes.sh lenet5 resnet18:budget
 # Extra flags after `--` go to every run, e.g. `-- --config.num_epochs=10`.
 set -euo pipefail

@@ -232,7 +232,7 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_the_rerun_resum
 ):
   """SIGTERM (what SLURM sends before preempting) to process 1 alone, after
   its 2nd step of 3 in epoch 1: both processes stop at that step, save one
-  checkpoint together and exit 0; the same command then resumes mid-epoch to
+  checkpoint together and exit 75 (stopped, resumable); the same command then resumes mid-epoch to
   the uninterrupted run. One CPU device per process: conv_backend=auto still
   takes XLA's convolutions, the jit program spanning both processes' devices."""
   workdir = tmp_path / "run"
@@ -247,7 +247,7 @@ def test_sigterm_to_one_process_stops_both_at_one_checkpoint_and_the_rerun_resum
   finally:
     _kill_all(procs)
   out = [path.read_text() for path in logs]
-  assert codes == [0, 0], "\n---\n".join(text[-3000:] for text in out)
+  assert codes == [75, 75], "\n---\n".join(text[-3000:] for text in out)
   assert stopped_s < 120
   assert "Terminated (SIGTERM): saving a checkpoint after this step" in out[1]
   assert "Terminated" not in out[0]

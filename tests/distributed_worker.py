@@ -111,9 +111,16 @@ def _run(action, spec, config, train_split, eval_split):
         print("paused after epoch 1", file=sys.stderr, flush=True)
         time.sleep(spec["pause_after_epoch_s"])
 
-    train.train_and_evaluate(
-      config, spec["workdir"], train_split=train_split, eval_split=eval_split, epoch_callback=pause
-    )
+    try:
+      train.train_and_evaluate(
+        config,
+        spec["workdir"],
+        train_split=train_split,
+        eval_split=eval_split,
+        epoch_callback=pause,
+      )
+    except train.TrainingStopped:  # as `python -m cifar_jax.main` exits
+      sys.exit(train.TrainingStopped.EXIT_CODE)
   else:
     evaluate.evaluate(config, spec["workdir"], split=eval_split)
 

@@ -121,6 +121,18 @@ def test_second_ctrl_c_is_one_line(tmp_path, monkeypatch):
     run_cli("--config=configs/lenet5.py", f"--workdir={tmp_path}")
 
 
+def test_a_stopped_run_exits_75_so_scripts_do_not_take_it_as_finished(tmp_path, monkeypatch):
+  from cifar_jax import train
+
+  def stopped(config, workdir, **kwargs):  # Ctrl-C or SIGTERM, its checkpoint saved
+    raise train.TrainingStopped(7, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", stopped)
+  with pytest.raises(SystemExit) as e:
+    run_cli("--config=configs/lenet5.py", f"--workdir={tmp_path}")
+  assert e.value.code == 75
+
+
 @pytest.mark.real_data
 @pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/tensorflow_datasets absent")
 def test_empty_split_names_its_key(tmp_path):

@@ -10,7 +10,10 @@ from conftest import REPO_ROOT
 
 STUB = """#!/bin/sh
 echo "$*" >> "$CALLS"
-case "$*" in *--mode=eval*) [ -n "$FAIL_EVAL" ] && exit 3 ;; esac
+case "$*" in
+  *--mode=eval*) [ -n "$FAIL_EVAL" ] && exit 3 ;;
+  *cifar_jax.main*) [ -n "$STOP_TRAIN" ] && exit 75 ;;  # Ctrl-C / SIGTERM
+esac
 exit 0
 """
 
@@ -57,4 +60,12 @@ def test_a_failed_step_stops_before_keeping_anything(tmp_path):
   assert calls == [
     "-m cifar_jax.main --config=configs/lenet5.py --workdir=runs/recipe_lenet5",
     "-m cifar_jax.main --config=configs/lenet5.py --workdir=runs/recipe_lenet5 --mode=eval",
+  ]
+
+
+def test_a_stopped_training_run_is_neither_evaluated_nor_kept(tmp_path):
+  rc, calls = _run(tmp_path, "resnet18:budget", "lenet5", STOP_TRAIN="1")
+  assert rc == 75  # the same command resumes it
+  assert calls == [
+    "-m cifar_jax.main --config=configs/resnet18.py:budget --workdir=runs/recipe_resnet18_budget"
   ]

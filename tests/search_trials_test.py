@@ -57,8 +57,14 @@ def test_a_trial_stops_after_the_epoch_asked_for_and_resumes_from_it(
 def test_a_trial_stopped_inside_an_epoch_raises_search_interrupted(
   search_config, splits, tmp_path, monkeypatch
 ):
-  # What Ctrl-C inside the first epoch leaves: train_and_evaluate returns, no epoch done.
-  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, **kwargs: {})
+  def stopped(config, workdir, **kwargs):  # what Ctrl-C inside the first epoch does
+    raise train.TrainingStopped(3, workdir)
+
+  monkeypatch.setattr(train, "train_and_evaluate", stopped)
   spec = space.sample_candidates(search_config)["accepted"][0]
+  with pytest.raises(search.SearchInterrupted, match="run the same command again"):
+    trials.train_trial(search_config, spec, tmp_path, **splits)
+  # A run that returns without its epochs (stop_after_steps) is not taken as done either.
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir, **kwargs: {})
   with pytest.raises(search.SearchInterrupted, match="run the same command again"):
     trials.train_trial(search_config, spec, tmp_path, **splits)

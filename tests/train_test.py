@@ -198,10 +198,9 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint(tiny_config, tmp_path, monkeypatch
 
   monkeypatch.setattr(metrics_lib.Accumulator, "add", add_then_interrupt)
   handler_before = signal.getsignal(signum)
-  record = train.train_and_evaluate(
-    tiny_config, tmp_path, train_split=make_split(96), eval_split=None
-  )
-  assert record == {}
+  with pytest.raises(train.TrainingStopped, match="Stopped at step 2; checkpoint saved in") as e:
+    train.train_and_evaluate(tiny_config, tmp_path, train_split=make_split(96), eval_split=None)
+  assert e.value.step == 2
   _, meta = _params(tmp_path, tiny_config)
   assert meta["step"] == 2
   assert signal.getsignal(signum) is handler_before  # restored after the run
@@ -427,6 +426,37 @@ def test_resumed_epoch_record_covers_the_whole_epoch(tiny_config, tmp_path):
   resumed = _two_epochs(tiny_config, tmp_path / "resumed")
   for key in ("train_loss", "train_accuracy", "eval_accuracy"):
     assert resumed[key] == full[key], key
+
+
+def test_timed_checkpoints_land_mid_epoch_and_a_kill_resumes_from_them(tiny_config, tmp_path):
+  """checkpoint.every_minutes: a save whenever that long has passed since the
+  last, mid-epoch too. Dropping every save after step 4 leaves what a SIGKILL
+  right after it leaves (3 steps an epoch): the rerun resumes there, inside
+  epoch 2, and ends with the uninterrupted run's records and parameters."""
+  full = _two_epochs(tiny_config, tmp_path / "full")
+  full_params, _ = _params(tmp_path / "full", tiny_config)
+  tiny_config.checkpoint.every_minutes = 1e-9  # due after every step
+  tiny_config.checkpoint.max_to_keep = 10
+  workdir = tmp_path / "timed"
+  _two_epochs(tiny_config, workdir)
+  assert checkpoint.Checkpointer(workdir, read_only=True).saved_steps() == [1, 2, 3, 4, 5, 6]
+  meta = json.loads((workdir / "checkpoints" / "4" / "meta" / "metadata").read_text())
+  assert meta["metrics"] is None and meta["partial_epoch"]["count"] == 32  # 1 step of epoch 2
+  for later in ("5", "6"):
+    shutil.rmtree(workdir / "checkpoints" / later)
+  shutil.rmtree(workdir / "best" / "6", ignore_errors=True)  # if epoch 2 was the best
+  resumed = _two_epochs(tiny_config, workdir)
+  assert writers.read_metrics(workdir)[-1]["epoch"] == 2
+  for key in ("train_loss", "train_accuracy", "eval_accuracy", "step"):
+    assert resumed[key] == full[key], key
+  for a, b in zip(jax.tree.leaves(_params(workdir, tiny_config)[0]), jax.tree.leaves(full_params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_no_timed_checkpoint_before_its_time(tiny_config, tmp_path):
+  tiny_config.checkpoint.max_to_keep = 10  # the default, 10 minutes: per-epoch saves only
+  _two_epochs(tiny_config, tmp_path)
+  assert checkpoint.Checkpointer(tmp_path, read_only=True).saved_steps() == [3, 6]
 
 
 def test_stop_at_the_end_of_an_epoch_keeps_its_record(tiny_config, tmp_path):

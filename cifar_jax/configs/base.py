@@ -152,6 +152,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.every_epochs = 1
+  # Also mid-epoch once this long has passed since the last save, so a kill
+  # without warning (SIGKILL, a lost machine) costs at most this much. 0: off.
+  config.checkpoint.every_minutes = 10.0
   config.checkpoint.max_to_keep = 2
   config.checkpoint.keep_best = True
 

@@ -28,13 +28,17 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+EXIT_STOPPED = 75  # as `python -m cifar_jax.main` (train.TrainingStopped.EXIT_CODE)
+
+
 def main(argv):
   cli.start_main(argv)
   known_errors = cli.user_errors()
   try:
     search.run_search(cli.config_or_exit(PROG), FLAGS.workdir)
-  except search.SearchInterrupted as e:
-    sys.exit(f"{PROG}: {e}")
+  except search.SearchInterrupted as e:  # resumable: the status says "try again"
+    print(f"{PROG}: {e}", file=sys.stderr)
+    sys.exit(EXIT_STOPPED)
   except known_errors as e:
     sys.exit(f"{PROG}: error: {e}")
 

@@ -83,14 +83,18 @@ def train_trial(
 
   if epochs_done(cfg, trial_dir, train_split) >= target:
     return trial_dir
-  train.train_and_evaluate(
-    cfg, trial_dir, train_split=train_split, eval_split=eval_split, epoch_callback=end_of_epoch
+  interrupted = SearchInterrupted(
+    f"trial {spec['trial_id']} was interrupted (its checkpoint "
+    "is saved); run the same command again to continue."
   )
-  if epochs_done(cfg, trial_dir, train_split) < target:  # Ctrl-C inside the loop
-    raise SearchInterrupted(
-      f"trial {spec['trial_id']} was interrupted (its checkpoint "
-      "is saved); run the same command again to continue."
+  try:
+    train.train_and_evaluate(
+      cfg, trial_dir, train_split=train_split, eval_split=eval_split, epoch_callback=end_of_epoch
     )
+  except train.TrainingStopped:  # Ctrl-C inside the loop
+    raise interrupted from None
+  if epochs_done(cfg, trial_dir, train_split) < target:
+    raise interrupted
   return trial_dir
 
 
