@@ -34,3 +34,22 @@ def test_importing_the_package_imports_no_jax_and_the_driver_no_ray_or_matplotli
   )
   result = _run("-c", code)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_an_interrupted_search_exits_75_with_one_line(tmp_path):
+  """A trial stopped by Ctrl-C or SIGTERM: the same status as a stopped
+  `python -m cifar_jax.main`, so scripts tell it from a finished search."""
+  code = (
+    "import runpy, sys\n"
+    "from cifar_jax import search\n"
+    "def interrupted(config, workdir):\n"
+    "  raise search.SearchInterrupted('trial t0 was interrupted; run the same command again')\n"
+    "search.run_search = interrupted\n"
+    "sys.argv = ['cifar_jax.search', '--config=configs/search_resnet_budget.py',\n"
+    f"            '--workdir={tmp_path}']\n"
+    "runpy.run_module('cifar_jax.search', run_name='__main__', alter_sys=True)\n"
+  )
+  result = _run("-c", code)
+  assert result.returncode == 75, result.stderr[-2000:]
+  assert "cifar_jax.search: trial t0 was interrupted" in result.stderr
+  assert "Traceback" not in result.stderr

@@ -28,17 +28,16 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-EXIT_STOPPED = 75  # as `python -m cifar_jax.main` (train.TrainingStopped.EXIT_CODE)
-
-
 def main(argv):
   cli.start_main(argv)
   known_errors = cli.user_errors()
   try:
     search.run_search(cli.config_or_exit(PROG), FLAGS.workdir)
   except search.SearchInterrupted as e:  # resumable: the status says "try again"
+    from cifar_jax import train  # loaded by now; not before, to keep --help fast
+
     print(f"{PROG}: {e}", file=sys.stderr)
-    sys.exit(EXIT_STOPPED)
+    sys.exit(train.TrainingStopped.EXIT_CODE)  # as `python -m cifar_jax.main`
   except known_errors as e:
     sys.exit(f"{PROG}: error: {e}")
 
