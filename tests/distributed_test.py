@@ -20,6 +20,7 @@ import distributed_worker as worker
 import jax
 import numpy as np
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 from conftest import REPO_ROOT
 
 from cifar_jax import checkpoint
@@ -36,7 +37,8 @@ pytestmark = pytest.mark.slow
 
 
 def _env(**extra):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # conftest's 4 devices
+  # Not conftest's 4 devices: each process gets JAX_NUM_CPU_DEVICES.
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE_FLAGS}
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3", **extra)
   return env
 
