@@ -3,8 +3,8 @@ configs/base.py with stochastic depth 0.1 and gradient clipping 5.0.
 
 `:budget` (configs/base.py `budget_transformer`): 8 epochs, AdamW one-cycle
 to 5e-4 (vit_tiny's rate; 2e-3 broke its fit), crop+flip only (~10.4
-minutes an epoch in bf16 on the 2-core Zen 5; 4 in fp32 at ~31 images/s on
-a Zen 3).
+minutes an epoch in bf16 on the 2-core Zen 5; on a Zen 3, 4 in fp32 at
+~41 images/s, 57.92% validation: see the README's Recipes).
 """
 
 from cifar_jax.configs import base
