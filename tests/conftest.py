@@ -7,8 +7,9 @@ code generation: no LLVM optimisations (`--xla_backend_optimization_level=0`,
 ~15% off the suite) and its older elemental emitters instead of the fusion
 emitters (`--xla_cpu_use_fusion_emitters=false`: every config of
 configs_machines_test trained in 2:07 instead of 3:20 on a 2-core Zen 3).
-Both change how XLA generates machine code, not what a program computes; the
-processes tests start get the same flags.
+Both compile the same program with other machine code (last-bit differences
+at most, inside the tests' tolerances); the processes tests start get the
+same flags.
 """
 
 import os
